@@ -68,11 +68,12 @@ def load(script: str):
     return module
 
 
-def train_cli(script: str, argv: list[str]) -> dict:
-    """train(args) in this process, with Args parsed from a command line exactly as the script's main would."""
+def train_cli(script, argv: list[str]) -> dict:
+    """train(args) in this process, with Args parsed from a command line exactly as the script's main would.
+    `script` is a file name ("ppo.py") or a module from `load` (to train one that a test has patched)."""
     import tyro
 
-    module = load(script)
+    module = load(script) if isinstance(script, str) else script
     return module.train(tyro.cli(module.Args, args=argv + ["--no-progress"]))
 
 
