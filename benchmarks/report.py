@@ -1,0 +1,248 @@
+"""Turn a folder of runs into a tidy CSV, learning-curve plots and a markdown table.
+
+  python benchmarks/report.py --log-dir benchmarks/runs --out benchmarks/results/classic --title "classic suite"
+
+Reads every TensorBoard run under --log-dir (run.py's --out, or a plain `runs/` folder the scripts wrote), whose
+folder is named {env_id}__{exp_name}__{seed}__{unix_time}. Writes to --out:
+- scalars.csv: one row per logged scalar: run, script, env, seed, step, tag, value (script = the run's exp name);
+- {env}__{tag}.png: per env and tag, the mean over seeds and a band of ± one standard deviation, x = env steps;
+- README.md: per env, one row per script: final evaluation return (mean ± std over seeds), steps until the training
+  return first reaches the threshold, steps per second, wall time, beside published numbers with their source.
+
+Curves and the threshold use the trailing mean of the last --window logged training returns of each run; the
+threshold defaults to the env's registered reward_threshold (CartPole-v1 475, Acrobot-v1 -100, ...). Standard
+deviations are over seeds, with numpy's default ddof=0.
+"""
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import header, read_scalars  # noqa: E402
+
+RETURN, EVAL, SPS = "charts/episodic_return", "eval/episodic_return", "charts/SPS"
+RL_ZOO = "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md"
+RL_ZOO_NOTE = "RL-Zoo (SB3), one trained agent, ± over its evaluation episodes"
+CLEANRL = "https://docs.cleanrl.dev/rl-algorithms/"
+CLEANRL_NOTE = "CleanRL, 3 seeds, training episodic return"
+# Published results beside ours: (script stem, env) -> [(who, value, budget, source)]. Only numbers read in the
+# cited source; older env versions (Hopper-v3) differ from v5 in details. Spinning Up publishes curves, not tables.
+PUBLISHED = {
+    ("ppo", "CartPole-v1"): [(CLEANRL_NOTE, "490.04 ± 6.12", "500k", CLEANRL + "ppo/#experiment-results"),
+                             (RL_ZOO_NOTE, "500.00 ± 0.00", "100k", RL_ZOO)],
+    ("ppo", "Acrobot-v1"): [(CLEANRL_NOTE, "-86.36 ± 1.32", "500k", CLEANRL + "ppo/#experiment-results"),
+                            (RL_ZOO_NOTE, "-73.51 ± 18.20", "1M", RL_ZOO)],
+    ("ppo", "Hopper-v5"): [(RL_ZOO_NOTE + ", Hopper-v3", "2410.44 ± 10.03", "1M", RL_ZOO)],
+    ("dqn", "CartPole-v1"): [("CleanRL, training episodic return", "488.69 ± 16.11", "500k",
+                              CLEANRL + "dqn/#experiment-results_1"), (RL_ZOO_NOTE, "500.00 ± 0.00", "50k", RL_ZOO)],
+    ("dqn", "Acrobot-v1"): [("CleanRL, training episodic return", "-91.54 ± 7.20", "500k",
+                             CLEANRL + "dqn/#experiment-results_1"), (RL_ZOO_NOTE, "-76.64 ± 11.75", "100k", RL_ZOO)],
+    ("a2c", "CartPole-v1"): [(RL_ZOO_NOTE, "500.00 ± 0.00", "500k", RL_ZOO)],
+    ("a2c", "Acrobot-v1"): [(RL_ZOO_NOTE, "-83.35 ± 17.21", "500k", RL_ZOO)],
+    ("a2c", "Hopper-v5"): [(RL_ZOO_NOTE + ", Hopper-v3", "733.45 ± 376.57", "1M", RL_ZOO)],
+    ("trpo", "CartPole-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "500.00 ± 0.00", "100k", RL_ZOO)],
+    ("trpo", "Acrobot-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "-83.11 ± 18.65", "100k", RL_ZOO)],
+    ("trpo", "Hopper-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Hopper-v3", "3618.39 ± 356.77", "1M", RL_ZOO)],
+    ("sac_continuous", "Hopper-v5"): [(RL_ZOO_NOTE + ", Hopper-v3", "2325.55 ± 1129.68", "1M", RL_ZOO)],
+}  # fmt: skip
+
+
+@dataclass
+class Args:
+    log_dir: str = "benchmarks/runs"  # folder searched for TensorBoard runs (at any depth)
+    out: str = "benchmarks/results/latest"  # folder for scalars.csv, the PNGs and README.md
+    title: str = "Benchmark results"  # heading of README.md
+    notes: str = ""  # a paragraph under the heading: budgets, what the grid compares
+    curve_tags: tuple[str, ...] = (RETURN,)  # tags to plot, one PNG per env and tag
+    thresholds: dict[str, float] = field(default_factory=dict)  # env id -> return threshold (default: the env's)
+    window: int = 10  # trailing mean over this many logged training returns, for curves and the threshold
+
+
+@dataclass
+class RunLog:
+    run: str  # folder name {env}__{exp}__{seed}__{time}
+    script: str  # exp name
+    stem: str  # the script's file stem, for published numbers
+    env: str
+    seed: int
+    scalars: dict[str, list[tuple[int, float]]]
+    wall_time: Optional[float] = None  # seconds, start-up included (from run.py's run.json)
+
+
+def find_runs(log_dir: str) -> list[RunLog]:
+    """Every run under log_dir, the newest where the same (env, exp, seed) ran twice; runs that failed are skipped."""
+    newest = {}
+    for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        parts = events.parent.name.split("__")
+        if len(parts) != 4:
+            continue
+        env, exp, seed, stamp = parts
+        meta = {}
+        if (events.parent.parent / "run.json").exists():
+            meta = json.loads((events.parent.parent / "run.json").read_text())
+            if meta.get("returncode") != 0:
+                continue
+        key = (env, exp, int(seed))
+        if key not in newest or int(stamp) > newest[key][0]:
+            newest[key] = (int(stamp), events.parent, meta)
+    runs = []
+    for (env, exp, seed), (_, run_dir, meta) in sorted(newest.items()):
+        stem = Path(meta["script"]).stem if "script" in meta else exp.split("-")[0]
+        runs.append(RunLog(run_dir.name, exp, stem, env, seed, read_scalars(run_dir), meta.get("wall_time")))
+    return runs
+
+
+def write_csv(runs: list[RunLog], path: Path):
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["run", "script", "env", "seed", "step", "tag", "value"])
+        for r in runs:
+            for tag, points in sorted(r.scalars.items()):
+                out.writerows([r.run, r.script, r.env, r.seed, step, tag, value] for step, value in points)
+
+
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """out[i] = mean(values[max(0, i − window + 1) : i + 1])."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (sums[idx] - sums[lo]) / (idx - lo)
+
+
+def smoothed(points: list[tuple[int, float]], window: int) -> tuple[np.ndarray, np.ndarray]:
+    steps, values = np.array(points, dtype=float).reshape(-1, 2).T
+    return steps, trailing_mean(values, window)
+
+
+def steps_to_threshold(points: list[tuple[int, float]], threshold: float, window: int) -> Optional[int]:
+    """First step at which the trailing mean of the training return reaches the threshold, or None."""
+    steps, values = smoothed(points, window)
+    hit = np.flatnonzero(values >= threshold)
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200):
+    """Mean and std over seeds of curves interpolated onto one grid of steps that every seed covers."""
+    lo, hi = max(s[0] for s, _ in curves), min(s[-1] for s, _ in curves)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([hi])
+    ys = np.stack([np.interp(grid, s, v) for s, v in curves])
+    return grid, ys.mean(0), ys.std(0)
+
+
+def last(r: RunLog, tag: str) -> Optional[float]:
+    return r.scalars[tag][-1][1] if r.scalars.get(tag) else None
+
+
+def mean_std(values: list) -> Optional[tuple[float, float]]:
+    values = [v for v in values if v is not None]
+    return (float(np.mean(values)), float(np.std(values))) if values else None
+
+
+def summarize(runs: list[RunLog], threshold: Optional[float], window: int) -> dict:
+    """The table's figures for one (script, env) group of seeds."""
+    hits = [steps_to_threshold(r.scalars[RETURN], threshold, window) if threshold is not None and r.scalars.get(RETURN)
+            else None for r in runs]  # fmt: skip
+    return {
+        "seeds": len(runs),
+        "budget": max(max(s for s, _ in pts) for r in runs for pts in r.scalars.values()),
+        "eval": mean_std([last(r, EVAL) for r in runs]),
+        "reached": sum(h is not None for h in hits),
+        "steps_to_threshold": mean_std(hits),
+        "sps": mean_std([last(r, SPS) for r in runs]),
+        "wall_time": mean_std([r.wall_time for r in runs]),
+    }
+
+
+def fmt(ms: Optional[tuple[float, float]], digits: int = 1) -> str:
+    return "—" if ms is None else f"{ms[0]:,.{digits}f} ± {ms[1]:,.{digits}f}"
+
+
+def env_threshold(env: str, overrides: dict[str, float]) -> Optional[float]:
+    if env in overrides:
+        return overrides[env]
+    import gymnasium as gym
+
+    try:
+        return gym.spec(env).reward_threshold
+    except gym.error.Error:
+        return None
+
+
+def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optional[float], window: int, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for script, runs in groups.items():
+        curves = [smoothed(r.scalars[tag], window) for r in runs if r.scalars.get(tag)]
+        if curves:
+            grid, mean, std = band(curves)
+            ax.plot(grid, mean, label=f"{script} ({len(curves)} seeds)")
+            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+    if threshold is not None and tag == RETURN:
+        ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set(title=env, xlabel="environment steps", ylabel=f"{tag} (trailing mean of {window})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float], window: int) -> str:
+    t = "—" if threshold is None else f"{threshold:g}"
+    lines = [f"## {env}\n",
+             f"| script | seeds | steps | eval return | steps to {t} (seeds reaching it) | steps/s | wall time (s) | "
+             "published (source, budget) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for script, runs in groups.items():
+        s = summarize(runs, threshold, window)
+        published = "<br>".join(f"{v} at {budget}: [{who}]({url})"
+                                for who, v, budget, url in PUBLISHED.get((runs[0].stem, env), []))  # fmt: skip
+        lines.append(f"| {script} | {s['seeds']} | {s['budget']:,} | {fmt(s['eval'])} | "
+                     f"{fmt(s['steps_to_threshold'], 0)} ({s['reached']}/{s['seeds']}) | {fmt(s['sps'], 0)} | "
+                     f"{fmt(s['wall_time'])} | {published or '—'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(args: Args) -> Path:
+    runs = find_runs(args.log_dir)
+    if not runs:
+        print(f"error: benchmarks/report.py: no TensorBoard runs under {args.log_dir}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(runs, out / "scalars.csv")
+    by_env: dict[str, dict[str, list[RunLog]]] = {}
+    for r in runs:
+        by_env.setdefault(r.env, {}).setdefault(r.script, []).append(r)
+    seeds = sorted({r.seed for r in runs})
+    sections = [header(args.title, f"{len(seeds)} per script and env ({', '.join(map(str, seeds))})"),
+                args.notes + "\n" if args.notes else "",
+                "Eval return: the final `eval/episodic_return` (deterministic policy) of each seed, mean ± std over "
+                f"seeds. Steps to threshold: first step where the mean of the last {args.window} training episode "
+                "returns reaches it, averaged over the seeds that reach it. Steps/s: the script's own `charts/SPS` "
+                "(training loop); wall time: the whole process, start-up and evaluation included.\n"]  # fmt: skip
+    for env, groups in by_env.items():
+        threshold = env_threshold(env, args.thresholds)
+        sections.append(table(env, groups, threshold, args.window))
+        for tag in args.curve_tags:
+            name = f"{env}__{tag.replace('/', '_')}.png"
+            plot(groups, env, tag, threshold, args.window, out / name)
+            sections.append(f"![{env} {tag}]({name})\n")
+    (out / "README.md").write_text("\n".join(s for s in sections if s))
+    print(f"wrote {out / 'scalars.csv'}, {out / 'README.md'} and the plots of {len(runs)} runs")
+    return out
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,222 @@
+"""Run a grid of scripts × envs × seeds, each as its own subprocess of the single-file script with its own log dir.
+
+Every run lands in {out}/{env_id}__{exp_name}__{seed}/: the script's TensorBoard run, stdout.log (stdout and stderr)
+and run.json (the command, exit code, wall time). A rerun skips every run whose run.json records exit code 0, so an
+interrupted grid resumes where it stopped; a failed run is reported with the tail of its log and the others go on.
+
+  python benchmarks/run.py --suite classic --workers 1
+  python benchmarks/run.py --scripts ppo.py a2c.py --env-ids CartPole-v1 --seeds 1 2 --flags "--total-timesteps 20000"
+  python benchmarks/run.py --suite mujoco-short --backend ray --ray-address auto     # on an existing Ray cluster
+
+With --backend ray each run is a Ray task (one CPU, or --gpus-per-run): the task gets the script's source, runs it
+in a temporary folder on whichever node Ray picks, and sends its log folder back, so nodes need no shared disk.
+Then `python benchmarks/report.py --log-dir <out>` turns the runs into a CSV, plots and a table.
+"""
+
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT  # noqa: E402
+
+# Which action spaces each script handles (from its issue); suites pick scripts by this, among those present.
+DISCRETE = ["reinforce.py", "a2c.py", "dqn.py", "ppo.py", "trpo.py"]
+CONTINUOUS = ["reinforce.py", "a2c.py", "ppo.py", "trpo.py", "ddpg.py", "sac_continuous.py"]
+OFF_POLICY = {"dqn.py", "ddpg.py", "sac_continuous.py"}
+# mujoco-short budgets: what this 2-core machine runs for 2 envs × 3 seeds in about an hour each
+MUJOCO_SHORT_STEPS = {"on-policy": 100_000, "off-policy": 30_000}
+
+
+@dataclass(frozen=True)
+class Run:
+    script: str  # path of the script, relative to the repository root (or absolute)
+    env_id: str
+    seed: int
+    flags: tuple[str, ...] = ()  # extra command-line flags of this run
+    exp_name: str = ""  # --exp-name: the script's stem, plus a label for variants
+
+    @property
+    def name(self) -> str:
+        return f"{self.env_id}__{self.exp_name}__{self.seed}"
+
+    def argv(self, log_dir: str) -> list[str]:
+        return ["--env-id", self.env_id, "--seed", str(self.seed), "--exp-name", self.exp_name,
+                "--log-dir", log_dir, "--no-progress", *self.flags]  # fmt: skip
+
+
+def variant(script: str, flags: str = "", label: str = "") -> tuple[str, tuple[str, ...], str]:
+    """(script, flags, exp_name): a script run with some flags, named stem-label (no "__", which names split on)."""
+    stem = Path(script).stem
+    return script, tuple(shlex.split(flags)), f"{stem}-{label}" if label else stem
+
+
+def mujoco_short(script: str):
+    steps = MUJOCO_SHORT_STEPS["off-policy" if script in OFF_POLICY else "on-policy"]
+    return variant(script, f"--total-timesteps {steps}")
+
+
+# name: (variants, env ids, number of seeds). Scripts not in the checkout yet are left out when a suite is expanded.
+SUITES = {
+    "classic": ([variant(s) for s in DISCRETE], ["CartPole-v1", "Acrobot-v1"], 3),
+    "mujoco-short": ([mujoco_short(s) for s in CONTINUOUS], ["InvertedPendulum-v5", "Hopper-v5"], 3),
+    "reinforce-baselines": ([variant("reinforce.py", f"--baseline {b}", f"baseline-{b}") for b in ("none", "mean", "value")]
+                            + [variant("a2c.py")], ["CartPole-v1"], 3),
+    "dqn-double": ([variant("dqn.py", "--no-double", "single"), variant("dqn.py", "--double", "double")],
+                   ["CartPole-v1", "Acrobot-v1"], 3),
+    "grpo": ([variant("grpo_bandit.py", "--scale-rewards group", "group"),
+              variant("grpo_bandit.py", "--scale-rewards none", "no-std"),
+              variant("grpo_bandit.py", "--advantage reinforce", "reinforce")], ["gaussian"], 5),
+}  # fmt: skip
+
+
+@dataclass
+class Args:
+    suite: Optional[Literal[tuple(SUITES)]] = None  # a named grid; replaces --scripts and --env-ids
+    scripts: tuple[str, ...] = ("ppo.py",)  # scripts to run, relative to the repository root
+    env_ids: tuple[str, ...] = ("CartPole-v1",)  # gymnasium env ids, each run with every script
+    seeds: Optional[tuple[int, ...]] = None  # seeds of every (script, env) pair (default: 1..n, n=3 or the suite's)
+    flags: str = ""  # extra flags for every run, as one quoted string: "--total-timesteps 20000 --num-envs 4"
+    out: str = "benchmarks/runs"  # each run writes to {out}/{env_id}__{exp_name}__{seed}/
+    workers: int = 1  # runs at once (local processes, or the CPUs of a local Ray instance)
+    backend: Literal["local", "ray"] = "local"  # local: a process per run on this machine; ray: a Ray task per run
+    ray_address: Optional[str] = None  # an existing Ray cluster ("auto", "ray://head:10001"); default starts one here
+    gpus_per_run: float = 0.0  # GPUs each Ray task asks for (0 runs on CPU)
+    timeout: Optional[float] = None  # seconds after which a run is stopped and counted as failed
+    dry_run: bool = False  # list the runs and whether they are done, run nothing
+
+
+def expand(args: Args) -> list[Run]:
+    """The grid as a list of runs, in the order they are started."""
+    if args.suite:
+        variants, env_ids, n_seeds = SUITES[args.suite]
+        missing = sorted({v[0] for v in variants if not (ROOT / v[0]).exists()})
+        if missing:
+            print(f"suite {args.suite}: leaving out {', '.join(missing)} (not in the checkout yet)")
+        variants = [v for v in variants if (ROOT / v[0]).exists()]
+    else:
+        variants, env_ids, n_seeds = [variant(s) for s in args.scripts], args.env_ids, 3
+    seeds = args.seeds or tuple(range(1, n_seeds + 1))
+    extra = tuple(shlex.split(args.flags))
+    return [Run(script, env_id, seed, flags + extra, exp_name)
+            for env_id in env_ids for script, flags, exp_name in variants for seed in seeds]  # fmt: skip
+
+
+def is_done(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "run.json").read_text())["returncode"] == 0
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def execute(run: Run, script_path: str, run_dir: Path, timeout: Optional[float]) -> dict:
+    """Run one script as a subprocess into run_dir (emptied first); write and return its run.json record."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    cmd = [sys.executable, script_path, *run.argv(str(run_dir))]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    start = time.time()
+    with open(run_dir / "stdout.log", "w") as log:
+        try:
+            returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir, env=env,
+                                        timeout=timeout).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            returncode = "timeout"
+            print(f"\nbenchmarks/run.py: stopped after {timeout} s", file=log)
+    wall_time = time.time() - start
+    evals = [line for line in (run_dir / "stdout.log").read_text(errors="replace").splitlines()
+             if line.startswith("eval/episodic_return")]  # the line every script prints after its evaluation
+    record = {**asdict(run), "command": shlex.join(["python", run.script, *run.argv(".")]), "returncode": returncode,
+              "wall_time": wall_time, "eval": evals[-1] if evals else None, "host": os.uname().nodename}  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def execute_remote(run: Run, source: bytes, timeout: Optional[float]) -> tuple[dict, bytes]:
+    """A Ray task: run the script (sent as source) in a temporary folder, return its record and folder as a tar."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script_path = Path(tmp) / Path(run.script).name
+        script_path.write_bytes(source)
+        run_dir = Path(tmp) / run.name
+        record = execute(run, str(script_path), run_dir, timeout)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(run_dir, arcname=".")
+        return record, buf.getvalue()
+
+
+def log_tail(run_dir: Path, lines: int = 15) -> str:
+    try:
+        text = (run_dir / "stdout.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def run_local(todo: list[Run], args: Args, out: Path):
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        futures = {pool.submit(execute, r, str(ROOT / r.script), out / r.name, args.timeout): r for r in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def run_ray(todo: list[Run], args: Args, out: Path):
+    import ray
+
+    if not ray.is_initialized():
+        local = {} if args.ray_address else {"num_cpus": args.workers, "include_dashboard": False}
+        ray.init(address=args.ray_address, log_to_driver=False, **local)
+    task = ray.remote(num_cpus=1, num_gpus=args.gpus_per_run, max_retries=0)(execute_remote)
+    pending = {task.remote(r, (ROOT / r.script).read_bytes(), args.timeout): r for r in todo}
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        run = pending.pop(ready)
+        record, archive = ray.get(ready)
+        shutil.rmtree(out / run.name, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(out / run.name, filter="data")
+        yield run, record
+
+
+def main(args: Args) -> int:
+    """Run the grid; return the number of failed runs."""
+    out = Path(args.out).resolve()
+    runs = expand(args)
+    missing = sorted({r.script for r in runs if not (ROOT / r.script).exists()})
+    if missing:
+        print(f"error: benchmarks/run.py: no such script: {', '.join(missing)}", file=sys.stderr)
+        sys.exit(2)
+    todo = [r for r in runs if not is_done(out / r.name)]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
+          f"({args.backend} backend, {args.workers} worker(s)) -> {out}")  # fmt: skip
+    if args.dry_run:
+        for r in runs:
+            print(f"  {'done' if r not in todo else 'todo'}  {r.name}  {' '.join(r.flags)}")
+        return 0
+    failed = []
+    backend = run_local if args.backend == "local" else run_ray
+    for i, (run, rec) in enumerate(backend(todo, args, out), 1):
+        status = "ok" if rec["returncode"] == 0 else f"FAILED (exit code {rec['returncode']})"
+        print(f"[{i}/{len(todo)}] {status}  {run.name}  {rec['wall_time']:.1f} s  {rec['eval'] or ''}", flush=True)
+        if rec["returncode"] != 0:
+            failed.append(run.name)
+            print(log_tail(out / run.name), flush=True)
+    print(f"{len(runs) - len(failed)}/{len(runs)} runs done" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return len(failed)
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main(tyro.cli(Args)) else 0)
