@@ -21,6 +21,18 @@ def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def env_threshold(env_id: str, overrides: dict[str, float] | None = None) -> float | None:
+    """The return that counts as solving env_id: an override, else the env's registered reward_threshold."""
+    if overrides and env_id in overrides:
+        return overrides[env_id]
+    import gymnasium as gym
+
+    try:
+        return gym.spec(env_id).reward_threshold
+    except gym.error.Error:
+        return None
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

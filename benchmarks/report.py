@@ -26,7 +26,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header, read_scalars  # noqa: E402
+from common import env_threshold, header, read_scalars  # noqa: E402
 
 RETURN, EVAL, SPS = "charts/episodic_return", "eval/episodic_return", "charts/SPS"
 RL_ZOO = "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md"
@@ -163,17 +163,6 @@ def summarize(runs: list[RunLog], threshold: Optional[float], window: int) -> di
 
 def fmt(ms: Optional[tuple[float, float]], digits: int = 1) -> str:
     return "—" if ms is None else f"{ms[0]:,.{digits}f} ± {ms[1]:,.{digits}f}"
-
-
-def env_threshold(env: str, overrides: dict[str, float]) -> Optional[float]:
-    if env in overrides:
-        return overrides[env]
-    import gymnasium as gym
-
-    try:
-        return gym.spec(env).reward_threshold
-    except gym.error.Error:
-        return None
 
 
 def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optional[float], window: int, path: Path):

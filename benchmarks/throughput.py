@@ -1,0 +1,308 @@
+"""Steps per second of each script against Stable-Baselines3 / sb3-contrib on identical settings, and against the
+env-only random-action rate (the physical limit of the loop), measured interleaved in one session.
+
+  python benchmarks/throughput.py --scripts ppo.py --repeats 3 --out benchmarks/results/ppo_vs_sb3.md
+  python benchmarks/throughput.py --repeats 3                 # every script present, at its PLAN settings
+
+For each script, the settings are the script's own defaults (after its action-space defaults, SPACE_DEFAULTS) plus
+the PLAN flags below; the SB3 counterpart gets the same values mapped onto its arguments (same networks, batch
+sizes, epochs, learning rates, torch threads). Each repeat runs, for every script, our script as a user would (a
+subprocess), SB3 in a fresh spawned process, and random actions through the same vector env, in an order that
+rotates from repeat to repeat, so slow phases of a shared machine hit every side alike. Ratios are taken within a
+repeat and the median over repeats is reported. Steps/s is the training loop's (ours: the final `charts/SPS`;
+SB3: steps / time in `learn`); wall time is the whole process, start-up and the final evaluation included.
+"""
+
+import importlib.util
+import multiprocessing as mp
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, env_threshold, header, read_scalars  # noqa: E402
+
+# Script -> (env id, extra flags) measured by default. Off-policy budgets cover several thousand learning steps.
+PLAN = {
+    "ppo.py": ("CartPole-v1", ()),
+    "a2c.py": ("CartPole-v1", ()),
+    "dqn.py": ("CartPole-v1", ()),
+    "trpo.py": ("CartPole-v1", ()),
+    "reinforce.py": ("CartPole-v1", ()),
+    "sac_continuous.py": ("Hopper-v5", ("--total-timesteps", "15000")),
+    "ddpg.py": ("Hopper-v5", ("--total-timesteps", "15000")),
+}
+
+
+def net(a, activation: str) -> dict:
+    return {"net_arch": {"pi": [a.hidden] * 2, "vf": [a.hidden] * 2}, "activation_fn": activation}
+
+
+def lr(a) -> tuple:
+    return ("linear" if getattr(a, "anneal_lr", False) else "constant", a.learning_rate)
+
+
+def sb3_ppo(a) -> dict:
+    batch = a.num_envs * a.num_steps
+    kwargs = dict(n_steps=a.num_steps, batch_size=batch // a.num_minibatches, n_epochs=a.update_epochs,
+                  learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda, clip_range=a.clip_eps,
+                  clip_range_vf=a.clip_eps if a.clip_vloss else None, normalize_advantage=a.norm_adv,
+                  ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm, target_kl=a.target_kl,
+                  policy_kwargs=net(a, "tanh") | {"log_std_init": 0.0})  # fmt: skip
+    return dict(algo="PPO", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
+
+
+def sb3_a2c(a) -> dict:
+    kwargs = dict(n_steps=a.num_steps, learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda,
+                  ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
+                  use_rms_prop=a.optimizer == "rmsprop", rms_prop_eps=1e-5, normalize_advantage=a.norm_adv,
+                  policy_kwargs=net(a, "tanh"))  # fmt: skip
+    return dict(algo="A2C", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
+
+
+def sb3_trpo(a) -> dict:
+    kwargs = dict(n_steps=a.num_steps, batch_size=a.num_envs * a.num_steps // a.vf_minibatches,
+                  learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda, target_kl=a.target_kl,
+                  cg_max_steps=a.cg_iters, cg_damping=a.cg_damping, line_search_shrinking_factor=a.backtrack_coef,
+                  line_search_max_iter=a.backtrack_iters, n_critic_updates=a.vf_epochs,
+                  normalize_advantage=a.norm_adv, policy_kwargs=net(a, "tanh"))  # fmt: skip
+    return dict(algo="TRPO", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
+
+
+def sb3_dqn(a) -> dict:
+    # Ours counts the target period C in gradient steps, SB3 in env steps: C gradient steps take
+    # C · train_freq / gradient_steps env steps.
+    kwargs = dict(learning_rate=a.learning_rate, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
+                  batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=a.train_freq // a.num_envs,
+                  gradient_steps=a.gradient_steps,
+                  target_update_interval=max(a.target_update_interval * a.train_freq // a.gradient_steps, 1),
+                  exploration_fraction=a.exploration_fraction, exploration_initial_eps=a.start_e,
+                  exploration_final_eps=a.end_e, max_grad_norm=a.max_grad_norm,
+                  policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"})  # fmt: skip
+    return dict(algo="DQN", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
+
+
+def sb3_sac(a) -> dict:
+    # SB3 has one learning rate for actor, critics and α (ours: policy_lr for the actor, q_lr for the others), and
+    # updates the actor every step where ours does `policy_frequency` updates every `policy_frequency` steps.
+    kwargs = dict(learning_rate=a.policy_lr, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
+                  batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=1, gradient_steps=1,
+                  ent_coef="auto" if a.autotune else a.alpha,
+                  policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"})  # fmt: skip
+    return dict(algo="SAC", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
+
+
+def sb3_ddpg(a) -> dict:
+    kwargs = dict(learning_rate=getattr(a, "learning_rate", None) or a.policy_lr, buffer_size=a.buffer_size,
+                  learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
+                  train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"})
+    return dict(algo="DDPG", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
+
+
+COUNTERPARTS = {"ppo.py": sb3_ppo, "a2c.py": sb3_a2c, "trpo.py": sb3_trpo, "dqn.py": sb3_dqn,
+                "sac_continuous.py": sb3_sac, "ddpg.py": sb3_ddpg}  # fmt: skip
+
+
+def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
+    """The script's Args for this command line, with its action-space defaults filled in as its train() would."""
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    a = tyro.cli(module.Args, args=["--env-id", env_id, *flags])
+    import gymnasium as gym
+
+    box = isinstance(gym.make(env_id).action_space, gym.spaces.Box)
+    for name, pair in getattr(module, "SPACE_DEFAULTS", {}).items():
+        if getattr(a, name) is None:
+            setattr(a, name, pair[box])
+    return a
+
+
+# ---- the three measurements; the last two run in a fresh spawned process each ----
+def ours(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval_episodes: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / script), "--env-id", env_id, "--seed", str(seed), "--log-dir", tmp,
+               "--exp-name", "throughput", "--eval-episodes", str(eval_episodes), "--no-progress", *flags]  # fmt: skip
+        start = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.time() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{script} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        scalars = read_scalars(next(Path(tmp).iterdir()))
+    evals = scalars.get("eval/episodic_return", [(0, float("nan"))])
+    return {"sps": scalars["charts/SPS"][-1][1], "wall": wall, "eval": evals[-1][1]}
+
+
+def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int, threads: int) -> dict:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    import sb3_contrib
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    kwargs = dict(spec["kwargs"])
+    if isinstance(kwargs.get("learning_rate"), (tuple, list)):
+        kind, value = kwargs["learning_rate"]
+        kwargs["learning_rate"] = (lambda progress: progress * value) if kind == "linear" else value
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[kwargs["policy_kwargs"]["activation_fn"]]
+    kwargs["policy_kwargs"] = dict(kwargs["policy_kwargs"], activation_fn=activation)
+    algo = getattr(sb3, spec["algo"], None) or getattr(sb3_contrib, spec["algo"])
+    env = make_vec_env(env_id, n_envs=spec["n_envs"], seed=seed)
+    if spec["normalize"]:
+        env = VecNormalize(env, gamma=kwargs["gamma"])
+    model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    start = time.time()
+    model.learn(steps)
+    sps = model.num_timesteps / (time.time() - start)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+    if spec["normalize"]:  # evaluation sees observations normalised with the training statistics, frozen
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+        eval_env.obs_rms = env.obs_rms
+    mean_return, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
+    return {"sps": sps, "eval": float(mean_return)}
+
+
+def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
+    """Random actions through the vector env our scripts use: N envs, same-step autoreset, episode statistics."""
+    import gymnasium as gym
+
+    envs = gym.make_vec(env_id, num_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})  # fmt: skip
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs.reset(seed=seed)
+    envs.action_space.seed(seed)
+    start = time.time()
+    for _ in range(steps // num_envs):
+        envs.step(envs.action_space.sample())
+    return {"sps": steps // num_envs * num_envs / (time.time() - start)}
+
+
+def spawned(fn, *args) -> dict:
+    """fn(*args) in a fresh Python process; wall = the whole process, start-up and imports included."""
+    start = time.time()
+    with mp.get_context("spawn").Pool(1) as pool:
+        result = pool.apply(fn, args)
+    return result | {"wall": time.time() - start}
+
+
+@dataclass
+class Args:
+    scripts: tuple[str, ...] = ()  # scripts to measure (default: every script in PLAN that is in the checkout)
+    env_id: Optional[str] = None  # measure every script on this env instead of its PLAN env
+    flags: str = ""  # extra flags for our scripts (mapped to SB3 too), e.g. "--total-timesteps 20000"
+    repeats: int = 3  # rounds of (ours, SB3, env-only) per script
+    seed: int = 1  # seed of round 1; round r uses seed + r − 1
+    eval_episodes: int = 10  # deterministic evaluation episodes at the end of each training run
+    env_steps: int = 50_000  # steps of the env-only measurement (capped at the training budget)
+    out: str = "benchmarks/results/throughput.md"  # the markdown result
+
+
+def median(xs: list) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def measure(args: Args) -> list[dict]:
+    scripts = args.scripts or tuple(s for s in PLAN if (ROOT / s).exists())
+    plans = []
+    for script in scripts:
+        env_id, flags = PLAN.get(script, ("CartPole-v1", ()))
+        env_id = args.env_id or env_id
+        flags = tuple(flags) + tuple(shlex.split(args.flags))
+        a = resolved_args(script, env_id, flags)
+        sb3 = COUNTERPARTS[script](a) if script in COUNTERPARTS else None
+        plans.append(dict(script=script, env_id=env_id, flags=flags, args=a, sb3=sb3, rounds=[]))
+    for r in range(args.repeats):
+        seed = args.seed + r
+        for p in plans:
+            a, steps = p["args"], p["args"].total_timesteps
+            jobs = {"ours": lambda: ours(p["script"], p["env_id"], p["flags"], seed, args.eval_episodes),
+                    "env": lambda: spawned(env_child, p["env_id"], getattr(a, "num_envs", 1) or 1,
+                                           min(args.env_steps, steps), seed)}  # fmt: skip
+            if p["sb3"]:
+                jobs["sb3"] = lambda: spawned(sb3_child, p["sb3"], p["env_id"], steps, seed, args.eval_episodes,
+                                              a.threads)  # fmt: skip
+            order = list(jobs)[r % len(jobs):] + list(jobs)[: r % len(jobs)]  # rotate who goes first
+            result = {name: jobs[name]() for name in order}
+            p["rounds"].append(result)
+            print(f"round {r + 1} {p['script']} {p['env_id']}: "
+                  + ", ".join(f"{k} {v['sps']:,.0f} steps/s" for k, v in result.items()), flush=True)  # fmt: skip
+    return plans
+
+
+def markdown(plans: list[dict], args: Args) -> str:
+    rows = ["| script | env | steps | SB3 counterpart | ours steps/s | SB3 steps/s | ours ÷ SB3 | env-only steps/s "
+            "| ours ÷ env-only | ours wall (s) | SB3 wall (s) | ours eval (≥ threshold) | SB3 eval (≥ threshold) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    detail = ["| script | round | seed | ours steps/s | SB3 steps/s | env-only steps/s | ours wall (s) | SB3 wall (s) "
+              "| ours eval | SB3 eval |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for p in plans:
+        rounds, threshold = p["rounds"], env_threshold(p["env_id"])
+
+        def col(side, key):
+            return [r[side][key] for r in rounds if side in r]
+
+        def evals(side):
+            xs = col(side, "eval")
+            if not xs:
+                return "—"
+            solved = f", {sum(x >= threshold for x in xs)}/{len(xs)} ≥ {threshold:g}" if threshold is not None else ""
+            return f"{statistics.mean(xs):.1f}{solved}"
+
+        def ratio(side):
+            xs = [r["ours"]["sps"] / r[side]["sps"] for r in rounds if side in r]
+            return f"**{median(xs):.2f}×**" if xs else "—"
+
+        def num(side, key, fmt="{:,.0f}"):
+            xs = col(side, key)
+            return fmt.format(median(xs)) if xs else "—"
+
+        name = p["sb3"]["algo"] if p["sb3"] else "none"
+        rows.append(f"| {p['script']} | {p['env_id']} | {p['args'].total_timesteps:,} | {name} | {num('ours', 'sps')} "
+                    f"| {num('sb3', 'sps')} | {ratio('sb3')} | {num('env', 'sps')} | {ratio('env')} "
+                    f"| {num('ours', 'wall', '{:.1f}')} | {num('sb3', 'wall', '{:.1f}')} | {evals('ours')} "
+                    f"| {evals('sb3')} |")  # fmt: skip
+        for i, r in enumerate(rounds):
+            sb3 = r.get("sb3", {})
+            detail.append(f"| {p['script']} | {i + 1} | {args.seed + i} | {r['ours']['sps']:,.0f} "
+                          f"| {sb3.get('sps', float('nan')):,.0f} | {r['env']['sps']:,.0f} | {r['ours']['wall']:.1f} "
+                          f"| {sb3.get('wall', float('nan')):.1f} | {r['ours']['eval']:.1f} "
+                          f"| {sb3.get('eval', float('nan')):.1f} |")  # fmt: skip
+    settings = "\n".join(f"- `{p['script']}` {' '.join(p['flags'])} ↔ SB3 `{p['sb3']['algo']}`, "
+                         f"n_envs={p['sb3']['n_envs']}, normalize={p['sb3']['normalize']}, {p['sb3']['kwargs']}"
+                         for p in plans if p["sb3"])  # fmt: skip
+    return "\n".join([
+        header("Throughput: our scripts vs Stable-Baselines3 and the env-only limit", f"{args.repeats} rounds, seeds "
+               f"{args.seed}..{args.seed + args.repeats - 1} (one training run per side per round)"),
+        "Medians over rounds; ratios are taken within each round, then the median. Steps/s: training loop only "
+        "(ours: final `charts/SPS`; SB3: steps / time in `learn`). Env-only: random actions through the same "
+        "vector env (SyncVectorEnv, same-step autoreset, episode statistics). Wall: the whole process, Python "
+        "start-up, imports and the final deterministic evaluation included. Eval: mean over rounds of the final "
+        f"{args.eval_episodes}-episode deterministic evaluation, and how many rounds reached the env's threshold.\n",
+        *rows, "", "### Every round\n", *detail, "", "### SB3 settings (mapped from each script's defaults)\n",
+        settings, ""])  # fmt: skip
+
+
+def main(args: Args) -> str:
+    plans = measure(args)
+    text = markdown(plans, args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return text
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

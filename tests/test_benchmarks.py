@@ -1,0 +1,142 @@
+"""benchmarks/: the grid runner (local and Ray backends, resume, failures), the report's figures, the SB3 mapping."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, load
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import report  # noqa: E402
+import run as grid  # noqa: E402
+import throughput  # noqa: E402
+
+TINY = ("--total-timesteps 256 --num-envs 2 --num-steps 64 --num-minibatches 2 --update-epochs 2 --eval-episodes 2")
+BROKEN = "import sys\nprint('broken.py: something went wrong')\nsys.exit(3)\n"
+
+
+def run_grid(tmp_path, *extra) -> subprocess.CompletedProcess:
+    """ppo.py and a script that always fails, on CartPole-v1 with seeds 1 and 2, into tmp_path/runs."""
+    broken = tmp_path / "broken.py"
+    broken.write_text(BROKEN)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--scripts", "ppo.py", str(broken), "--seeds", "1", "2",
+           f"--flags={TINY}", "--out", str(tmp_path / "runs"), "--workers", "2", *extra]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def check_grid(tmp_path, proc):
+    """Both ppo runs finished with their logs in place; both broken runs are reported with their log tail."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.count("FAILED (exit code 3)") == 2 and "broken.py: something went wrong" in proc.stdout
+    assert "2/4 runs done" in proc.stdout
+    for seed in (1, 2):
+        run_dir = tmp_path / "runs" / f"CartPole-v1__ppo__{seed}"
+        assert json.loads((run_dir / "run.json").read_text())["returncode"] == 0
+        assert list(run_dir.glob(f"CartPole-v1__ppo__{seed}__*/events.out.tfevents.*"))
+        assert "eval/episodic_return" in (run_dir / "stdout.log").read_text()
+    out = report.main(report.Args(log_dir=str(tmp_path / "runs"), out=str(tmp_path / "report")))
+    with open(out / "scalars.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["run", "script", "env", "seed", "step", "tag", "value"]
+    assert {(r["script"], r["seed"]) for r in rows} == {("ppo", "1"), ("ppo", "2")}  # failed runs are left out
+    assert (out / "CartPole-v1__charts_episodic_return.png").stat().st_size > 1000
+    assert "| ppo | 2 | 256 |" in (out / "README.md").read_text()
+
+
+def test_benchmarks_local_grid_resumes_and_reports_failures(tmp_path):
+    check_grid(tmp_path, run_grid(tmp_path))
+    done = {p: p.read_text() for p in (tmp_path / "runs").glob("CartPole-v1__ppo__*/run.json")}
+    proc = run_grid(tmp_path)  # the rerun skips both finished runs and tries the failed ones again
+    assert "4 runs, 2 already done, 2 to run" in proc.stdout and proc.stdout.count("FAILED") == 2
+    assert "ok  CartPole-v1__ppo" not in proc.stdout
+    assert {p: p.read_text() for p in done} == done
+
+
+def test_benchmarks_ray_grid_gathers_logs(tmp_path):
+    pytest.importorskip("ray")
+    check_grid(tmp_path, run_grid(tmp_path, "--backend", "ray"))  # a local Ray instance with --workers 2 CPUs
+
+
+def test_benchmarks_suites_expand_to_present_scripts():
+    present = {p.name for p in ROOT.glob("*.py")}
+    runs = grid.expand(grid.Args(suite="classic"))
+    assert {r.script for r in runs} == set(grid.DISCRETE) & present
+    assert {r.env_id for r in runs} == {"CartPole-v1", "Acrobot-v1"} and {r.seed for r in runs} == {1, 2, 3}
+    assert len(runs) == len({r.name for r in runs}) == 2 * 3 * len(set(grid.DISCRETE) & present)
+    for r in grid.expand(grid.Args(suite="mujoco-short", seeds=(7,), flags="--eval-episodes 3")):
+        kind = "off-policy" if r.script in grid.OFF_POLICY else "on-policy"
+        assert r.flags == ("--total-timesteps", str(grid.MUJOCO_SHORT_STEPS[kind]), "--eval-episodes", "3")
+        assert r.seed == 7
+    if "grpo_bandit.py" in present:
+        runs = grid.expand(grid.Args(suite="grpo"))
+        assert len({r.exp_name for r in runs}) == 3 and {r.seed for r in runs} == {1, 2, 3, 4, 5}
+
+
+def write_synthetic_run(log_dir, exp, seed, returns, eval_return, sps, wall_time):
+    """A run as run.py leaves it: {env}__{exp}__{seed}/ with run.json and the TensorBoard run inside."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    outer = log_dir / f"CartPole-v1__{exp}__{seed}"
+    writer = SummaryWriter(str(outer / f"CartPole-v1__{exp}__{seed}__1700000000"))
+    for step, value in returns:
+        writer.add_scalar("charts/episodic_return", value, step)
+    writer.add_scalar("charts/SPS", sps, returns[-1][0])
+    writer.add_scalar("eval/episodic_return", eval_return, returns[-1][0])
+    writer.close()
+    record = {"script": f"{exp}.py", "returncode": 0, "wall_time": wall_time}
+    (outer / "run.json").write_text(json.dumps(record))
+
+
+def test_benchmarks_report_figures_match_hand_computed(tmp_path):
+    steps = [100, 200, 300, 400]
+    write_synthetic_run(tmp_path, "ppo", 1, list(zip(steps, [10, 20, 30, 40])), 100.0, 1000.0, 10.0)
+    write_synthetic_run(tmp_path, "ppo", 2, list(zip(steps, [20, 40, 60, 80])), 200.0, 3000.0, 20.0)
+    runs = report.find_runs(str(tmp_path))
+    assert [(r.script, r.seed, r.wall_time) for r in runs] == [("ppo", 1, 10.0), ("ppo", 2, 20.0)]
+    # Trailing means over 2: seed 1 → 10, 15, 25, 35 (reaches 35 at step 400); seed 2 → 20, 30, 50, 70 (at 300).
+    s = report.summarize(runs, threshold=35.0, window=2)
+    assert s["eval"] == (150.0, 50.0) and s["sps"] == (2000.0, 1000.0) and s["wall_time"] == (15.0, 5.0)
+    assert s["steps_to_threshold"] == (350.0, 50.0) and s["reached"] == 2 and s["budget"] == 400
+    assert report.summarize(runs, threshold=60.0, window=2)["reached"] == 1
+    grid_steps, mean, std = report.band([report.smoothed(r.scalars["charts/episodic_return"], 2) for r in runs])
+    assert grid_steps[0] == 100 and grid_steps[-1] == 400
+    assert mean[-1] == pytest.approx((35 + 70) / 2) and std[-1] == pytest.approx(17.5)
+    assert mean[0] == pytest.approx(15.0) and std[0] == pytest.approx(5.0)
+    table = report.table("CartPole-v1", {"ppo": runs}, 35.0, 2)
+    assert "| ppo | 2 | 400 | 150.0 ± 50.0 | 350 ± 50 (2/2) | 2,000 ± 1,000 | 15.0 ± 5.0 |" in table
+    assert "490.04 ± 6.12" in table  # CleanRL's published figure, with its source
+
+
+def test_benchmarks_throughput_sb3_ppo_matches_our_settings_and_network():
+    a = throughput.resolved_args("ppo.py", "CartPole-v1", ())
+    spec = throughput.sb3_ppo(a)
+    kw = spec["kwargs"]
+    assert (spec["n_envs"], kw["n_steps"], kw["batch_size"], kw["n_epochs"]) == (8, 32, 256, 20)
+    assert (kw["learning_rate"], kw["gamma"], kw["gae_lambda"], kw["clip_range"]) == (("linear", 1e-3), 0.98, 0.8, 0.2)
+    result = throughput.sb3_child(spec, "CartPole-v1", 256, 1, 1, 1)  # in this process: SB3 builds and trains
+    assert result["sps"] > 0 and result["eval"] > 0
+    ppo = load("ppo.py")
+    ours = ppo.Agent(*ppo.env_spaces("CartPole-v1"), a.hidden, a.normalize)
+    import stable_baselines3 as sb3
+    import torch
+
+    policy_kwargs = dict(kw["policy_kwargs"], activation_fn=torch.nn.Tanh)
+    model = sb3.PPO("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, device="cpu")
+    count = [sum(p.numel() for p in m.parameters()) for m in (ours, model.policy)]
+    assert count[0] == count[1]  # the same two 64-wide tanh MLPs on both sides
+
+
+def test_benchmarks_throughput_ratios_are_medians_of_paired_rounds():
+    a = throughput.resolved_args("ppo.py", "CartPole-v1", ("--total-timesteps", "1000"))
+    rounds = [{"ours": {"sps": o, "wall": 10.0, "eval": 500.0}, "sb3": {"sps": s, "wall": 20.0, "eval": 400.0},
+               "env": {"sps": 10_000.0}} for o, s in [(300.0, 100.0), (100.0, 100.0), (400.0, 200.0)]]  # fmt: skip
+    plan = dict(script="ppo.py", env_id="CartPole-v1", flags=(), args=a, sb3=throughput.sb3_ppo(a), rounds=rounds)
+    text = throughput.markdown([plan], throughput.Args(repeats=3))
+    # ratios per round 3, 1, 2 → median 2 (the ratio of the medians, 300/100, would be 3); env-only 0.03, 0.01, 0.04
+    row = next(line for line in text.splitlines() if line.startswith("| ppo.py | CartPole-v1 | 1,000 |"))
+    assert "| 300 | 100 | **2.00×** | 10,000 | **0.03×** | 10.0 | 20.0 | 500.0, 3/3 ≥ 475 | 400.0, 0/3 ≥ 475 |" in row
+    sps = throughput.env_child("CartPole-v1", 2, 200, 0)["sps"]
+    assert np.isfinite(sps) and sps > 0
