@@ -4,6 +4,7 @@ the header every results file carries (command, versions, machine)."""
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +52,17 @@ def versions() -> str:
     return ", ".join([f"python {platform.python_version()}"] + found)
 
 
+def code_state() -> str:
+    """The commit measured, and which tracked Python files differed from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return "unknown (no git)"
+    files = [f for f in changed.stdout.split() if f.endswith(".py")]
+    return f"commit {commit.stdout.strip()}" + (f" with uncommitted changes to {', '.join(files)}" if files else "")
+
+
 def header(title: str, seeds: str, argv: list[str] | None = None) -> str:
     """The top of every results file: what was run, with which software, on which machine, with how many seeds."""
     argv = sys.argv if argv is None else argv
@@ -58,6 +70,7 @@ def header(title: str, seeds: str, argv: list[str] | None = None) -> str:
                                      + list(argv[1:]))  # fmt: skip
     return (f"# {title}\n\n"
             f"- Command: `{command}`\n"
+            f"- Code: {code_state()}\n"
             f"- Versions: {versions()}\n"
             f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}\n"
             f"- Seeds: {seeds}\n")  # fmt: skip
