@@ -1,0 +1,215 @@
+"""trpo.py: conjugate gradient, the Fisher-vector product and the KL in closed form against dense linear algebra and
+torch.distributions; one trust-region step on a fixed batch; episode endings on a scripted env; end-to-end runs with
+a saved model; learning thresholds with fixed seeds."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, load, read_scalars, run_script, train_cli
+from torch.distributions import Categorical, Normal, kl_divergence
+from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector
+
+trpo = load("trpo.py")
+SPACES = {"categorical": gym.spaces.Discrete(3), "gaussian": gym.spaces.Box(-1.0, 1.0, (2,))}
+
+
+def tiny_policy(kind: str, obs_dim=3, hidden=4, batch=16, seed=0):
+    """A float64 policy with random (not initial) parameters, a batch of observations and actions drawn from it."""
+    torch.manual_seed(seed)
+    policy = trpo.Policy(obs_dim, SPACES[kind], hidden).double()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.normal_(0.0, 0.5)
+    obs = torch.randn(batch, obs_dim, dtype=torch.float64)
+    with torch.no_grad():
+        actions = policy.sample(policy(obs))
+    return policy, obs, actions
+
+
+def as_distribution(kind: str, dist):
+    return Categorical(logits=dist[0]) if kind == "categorical" else Normal(dist[0], dist[1].exp())
+
+
+def test_trpo_conjugate_gradient_matches_solve():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    A, b = m @ m.T + 0.5 * torch.eye(12, dtype=torch.float64), torch.randn(12, generator=g, dtype=torch.float64)
+    x, residual = trpo.conjugate_gradient(lambda v: A @ v, b, iters=50, tol=1e-10)
+    torch.testing.assert_close(x, torch.linalg.solve(A, b))
+    assert residual < 1e-10
+    # stopped early, it still reports the true residual ‖b − Ax‖ of the x it returns
+    x, residual = trpo.conjugate_gradient(lambda v: A @ v, b, iters=3, tol=1e-10)
+    torch.testing.assert_close(residual, torch.linalg.norm(b - A @ x))
+    assert residual > 1e-3
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_trpo_kl_and_log_probs_match_torch_distributions(kind):
+    policy, obs, actions = tiny_policy(kind)
+    old = tuple(t.detach() for t in policy(obs))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        new = policy(obs)
+    expected_kl = kl_divergence(as_distribution(kind, old), as_distribution(kind, new))
+    expected_logp = as_distribution(kind, new).log_prob(actions)
+    if kind == "gaussian":  # independent action dimensions: sum over them
+        expected_kl, expected_logp = expected_kl.sum(-1), expected_logp.sum(-1)
+    torch.testing.assert_close(policy.kl(old, new), expected_kl)
+    torch.testing.assert_close(policy.log_prob(new, actions), expected_logp)
+
+
+def call_with(policy, theta, obs):
+    """policy(obs) with its parameters taken from the flat vector θ (in parameters_to_vector order)."""
+    named = [(name, p.shape) for name, p in policy.named_parameters()]
+    chunks = torch.split(theta, [shape.numel() for _, shape in named])
+    return functional_call(policy, {name: t.view(shape) for (name, shape), t in zip(named, chunks)}, (obs,))
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_trpo_fisher_vector_product_is_hessian_of_mean_kl(kind):
+    policy, obs, _ = tiny_policy(kind)
+    theta_old = parameters_to_vector(policy.parameters()).detach()
+    with torch.no_grad():
+        dist_old = policy(obs)
+    # dense (n, n) Hessian of KL̄(θ) = Ê[KL(π_old ‖ π_θ)] at θ_old
+    hessian = torch.autograd.functional.hessian(lambda th: policy.kl(dist_old, call_with(policy, th, obs)).mean(),
+                                                theta_old)  # fmt: skip
+    v, damping = torch.randn_like(theta_old), 0.1
+    fvp = trpo.fisher_vector_product(policy.kl(dist_old, policy(obs)).mean(), list(policy.parameters()), damping)
+    torch.testing.assert_close(fvp(v), hessian @ v + damping * v)
+    if kind == "categorical":  # at θ_old it is the Fisher matrix Ê[Σ_a π(a|s) ∇log π(a|s) ∇log π(a|s)ᵀ]
+        log_pi = lambda th: call_with(policy, th, obs)[0].log_softmax(-1)  # noqa: E731
+        jac = torch.autograd.functional.jacobian(log_pi, theta_old)  # (batch, actions, n)
+        fisher = torch.einsum("sa,sap,saq->pq", log_pi(theta_old).exp(), jac, jac) / len(obs)
+        torch.testing.assert_close(hessian, fisher)
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
+    policy, obs, actions = tiny_policy(kind, batch=64)
+    advantages = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    params, max_kl, damping = list(policy.parameters()), 0.01, 0.1
+    theta_old = parameters_to_vector(params).detach()
+    with torch.no_grad():
+        dist_old = policy(obs)
+    old = as_distribution(kind, dist_old)
+    # the same step in dense linear algebra: x = (H + damping·I)⁻¹ g, β = √(2δ / xᵀ(H + damping·I)x)
+    ratio = lambda th: (as_distribution(kind, call_with(policy, th, obs)).log_prob(actions) - old.log_prob(actions))
+    surrogate = lambda th: (ratio(th).view(64, -1).sum(-1).exp() * advantages).mean()  # noqa: E731
+    g = torch.autograd.functional.jacobian(surrogate, theta_old)
+    hessian = torch.autograd.functional.hessian(lambda th: policy.kl(dist_old, call_with(policy, th, obs)).mean(),
+                                                theta_old)  # fmt: skip
+    damped = hessian + damping * torch.eye(len(theta_old), dtype=torch.float64)
+    x = torch.linalg.solve(damped, g)
+    beta = torch.sqrt(2 * max_kl / (x @ damped @ x))
+
+    stats = trpo.trpo_update(policy, obs, actions, advantages, max_kl, damping, cg_iters=len(theta_old),
+                             cg_tol=1e-12, backtrack_coef=0.8, backtrack_iters=10)  # fmt: skip
+    theta = parameters_to_vector(params).detach()
+    assert stats["line_search_accepted"] == 1.0
+    torch.testing.assert_close(theta - theta_old, 0.8 ** (stats["line_search_steps"] - 1) * beta * x)
+    kl = kl_divergence(old, as_distribution(kind, policy(obs))).view(64, -1).sum(-1).mean().item()
+    assert 0.25 * max_kl < kl <= max_kl + 1e-12 and kl == pytest.approx(stats["kl"])
+    improvement = (surrogate(theta) - surrogate(theta_old)).item()
+    assert improvement > 0 and improvement == pytest.approx(stats["surrogate_improvement"])
+
+
+@pytest.mark.parametrize("why", ["KL above a tiny δ", "surrogate not improved"])
+def test_trpo_line_search_rejects_and_restores_parameters(why):
+    policy, obs, actions = tiny_policy("categorical", batch=64)
+    advantages = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    params = list(policy.parameters())
+    theta_old = parameters_to_vector(params).detach()
+    with torch.no_grad():
+        dist_old = policy(obs)
+        logp_old = policy.log_prob(dist_old, actions)
+
+    def surrogate_and_kl():
+        dist = policy(obs)
+        return trpo.surrogate(policy.log_prob(dist, actions), logp_old, advantages), policy.kl(dist_old, dist).mean()
+
+    surr_old = surrogate_and_kl()[0]
+    g = trpo.flat_grad(surr_old, params)
+    # uphill with δ = 1e-12, which no step of the search gets under; or downhill with a δ that every step meets
+    step, max_kl = (0.1 * g, 1e-12) if why == "KL above a tiny δ" else (-0.01 * g, 1.0)
+    accepted, steps, surr, kl = trpo.line_search(params, step, surrogate_and_kl, surr_old.detach(), max_kl, 0.8, 10)
+    assert not accepted and steps == 10 and surr == surr_old and kl == 0.0
+    assert torch.equal(parameters_to_vector(params), theta_old)
+
+
+class EndingsEnv(gym.Env):
+    """obs = (t, episode number k), reward 1. Even-numbered episodes terminate at t = 3; odd ones run into the
+    TimeLimit at t = 4, so a rollout holds both kinds of ending at known steps."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    k = -1
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.k, self.t = self.k + 1, 0
+        return np.array([0, self.k], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t, self.k], np.float32), 1.0, self.k % 2 == 0 and self.t == 3, False, {}
+
+
+gym.register("TRPOTestEndings-v0", entry_point=EndingsEnv, max_episode_steps=4)
+
+
+def test_trpo_rollout_bootstraps_truncation_not_termination(monkeypatch, tmp_path):
+    module, seen = load("trpo.py"), {}
+    compute_gae, fit_value = module.compute_gae, module.fit_value
+
+    def spy_gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
+        seen.update(values=values[:, 0], next_values=next_values[:, 0], term=terminations[:, 0], done=dones[:, 0])
+        return compute_gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda)
+
+    def spy_fit(critic, *args):  # V before its update: the one the rollout's values came from
+        v = lambda obs: critic(torch.tensor(obs, dtype=torch.float32)).squeeze(-1).detach()  # noqa: E731
+        seen.update(v_trajectory=v(trajectory), v_final=v([[4, 1], [4, 3]]))
+        return fit_value(critic, *args)
+
+    # episodes: steps 0-2 (k = 0, terminated), 3-6 (k = 1, truncated), 7-9 (terminated), 10-13 (truncated)
+    trajectory = [[t, k] for k, length in enumerate([3, 4, 3, 4]) for t in range(length)]
+    monkeypatch.setattr(module, "compute_gae", spy_gae)
+    monkeypatch.setattr(module, "fit_value", spy_fit)
+    train_cli(module, ["--env-id", "TRPOTestEndings-v0", "--num-envs", "1", "--num-steps", "14", "--total-timesteps",
+                       "14", "--eval-episodes", "0", "--log-dir", str(tmp_path), "--device", "cpu"])  # fmt: skip
+    assert seen["term"].nonzero().flatten().tolist() == [2, 9]
+    assert seen["done"].nonzero().flatten().tolist() == [2, 6, 9, 13]
+    torch.testing.assert_close(seen["values"], seen["v_trajectory"])  # V(s_t) of the observations actually seen
+    torch.testing.assert_close(seen["next_values"][[6, 13]], seen["v_final"])  # V of the true last observation
+    inside = [t for t in range(13) if t not in (2, 6, 9)]
+    torch.testing.assert_close(seen["next_values"][inside], seen["values"][[t + 1 for t in inside]])
+
+
+SMOKE = {
+    "CartPole-v1": ["--num-envs", "2", "--num-steps", "64"],
+    "InvertedPendulum-v5": ["--num-envs", "2", "--num-steps", "128", "--vf-minibatches", "4"],
+}
+
+
+@pytest.mark.parametrize("env_id", SMOKE)
+def test_trpo_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
+    argv = ["--env-id", env_id, "--total-timesteps", "512", "--vf-epochs", "2", "--eval-episodes", "2",
+            "--save-model", "--log-dir", str(tmp_path), "--device", "cpu"] + SMOKE[env_id]  # fmt: skip
+    result = train_cli("trpo.py", argv)
+    tags = read_scalars(result["run_dir"])
+    for tag in ("charts/episodic_return", "charts/SPS", "losses/value_loss", "diagnostics/kl",
+                "diagnostics/surrogate_improvement", "diagnostics/line_search_steps", "diagnostics/cg_residual",
+                "diagnostics/line_search_accepted", "diagnostics/explained_variance", "eval/episodic_return"):  # fmt: skip
+        assert tag in tags, tag
+    assert all(kl <= 0.01 for _, kl in tags["diagnostics/kl"])  # δ = 0.01: never outside the trust region
+    ckpt = torch.load(result["model_path"])
+    assert ckpt["args"]["env_id"] == env_id
+    if env_id == "InvertedPendulum-v5":  # the observation statistics travel with the model
+        assert ckpt["model"]["obs_rms.count"] > 500 and ckpt["model"]["obs_rms.var"].ne(1.0).all()
+    # evaluating the saved file, without training, reproduces the evaluation at the end of training
+    proc = run_script(ROOT / "trpo.py", ["--eval-model", result["model_path"], "--eval-episodes", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
