@@ -52,8 +52,8 @@ CASES = {
         wrong_space="Blackjack-v1",
     ),
     "grpo_bandit.py": dict(
-        tiny=["--env-id", "gaussian", "--total-timesteps", "2000", "--eval-episodes", "2"],
-        inconsistent=["--clip-eps", "-0.2"],
+        tiny=["--env-id", "contextual", "--total-timesteps", "1024", "--eval-episodes", "2"],
+        inconsistent=["--group-size", "1"],
         wrong_space=None,
     ),
 }  # fmt: skip

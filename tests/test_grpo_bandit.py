@@ -1,0 +1,180 @@
+"""grpo_bandit.py: group advantages, the k3 estimator and the clipped objective against numbers computed another
+way, the lecture's 3-armed softmax example, end-to-end runs, and learning thresholds with fixed seeds."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, load, read_scalars, run_script, train_cli
+
+grpo = load("grpo_bandit.py")
+
+
+def test_grpo_group_advantages_zero_mean_unit_std():
+    rewards = torch.randn(5, 8, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    adv = grpo.group_relative_advantages(rewards, scale=True)
+    torch.testing.assert_close(adv.mean(1), torch.zeros(5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(adv.std(1), torch.ones(5), atol=1e-3, rtol=0)  # eps = 1e-4 shrinks it a hair
+    dr_grpo = grpo.group_relative_advantages(rewards, scale=False)
+    torch.testing.assert_close(dr_grpo, rewards - rewards.mean(1, keepdim=True))
+
+
+def test_grpo_group_advantages_by_hand():
+    # r = (1, 2, 3, 6): mean 3, unbiased std √(14/3)
+    adv = grpo.group_relative_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), scale=True)
+    expected = (np.array([1.0, 2.0, 3.0, 6.0]) - 3.0) / (np.std([1.0, 2.0, 3.0, 6.0], ddof=1) + 1e-4)
+    torch.testing.assert_close(adv[0], torch.tensor(expected, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_grpo_equal_rewards_give_zero_advantage(scale):
+    # rewards that mean() does not reproduce exactly in float32 (0.3, 1000.1) must still give exact zeros
+    rewards = torch.tensor([[0.3] * 8, [1000.1] * 8, [0.0] * 8, [0.0, 1.0] * 4])
+    adv = grpo.group_relative_advantages(rewards, scale=scale)
+    assert torch.isfinite(adv).all()
+    assert (adv[:3] == 0).all() and (adv[3] != 0).all()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_grpo_lecture_softmax_example(beta):
+    """θ = (1, −1, 0) → π ≈ (0.66, 0.09, 0.25); one pull of a_1 with reward 3 → 3·∇log π(a_1) = 3·(0.34, −0.09,
+    −0.25). At the first inner step ρ = 1 and π = π_ref, so neither the clip nor the KL term changes it."""
+    policy = grpo.Policy(num_contexts=1, num_arms=3, hidden=8)
+    with torch.no_grad():
+        policy.theta.copy_(torch.tensor([1.0, -1.0, 0.0]))
+    contexts, actions = torch.tensor([0]), torch.tensor([0])
+    logits = policy(contexts)
+    # the lecture rounds to two decimals: π = (0.665, 0.090, 0.245)
+    torch.testing.assert_close(logits.softmax(-1)[0], torch.tensor([0.66, 0.09, 0.25]), atol=0.01, rtol=0)
+    logp = grpo.categorical_logp(logits, actions)
+    advantages = torch.tensor([3.0])  # G = 3 without a baseline: the lecture's REINFORCE step
+    grpo.grpo_loss(logp, logp.detach(), logp.detach(), advantages, clip_eps=0.2, beta=beta).backward()
+    ascent = -policy.theta.grad  # the loss is −J, so −∇loss = ∇J
+    torch.testing.assert_close(ascent, 3 * torch.tensor([0.34, -0.09, -0.25]), atol=0.02, rtol=0)
+    pi = torch.softmax(torch.tensor([1.0, -1.0, 0.0]), -1)
+    torch.testing.assert_close(ascent, 3 * (torch.tensor([1.0, 0.0, 0.0]) - pi))  # ∇_θ log softmax(θ)_a = e_a − π
+
+
+def test_grpo_clipped_objective_zero_gradient_where_clipped():
+    ratio = torch.tensor([1.5, 0.5, 1.5, 0.5, 1.1, 0.9])
+    adv = torch.tensor([2.0, 2.0, -2.0, -2.0, 1.0, -1.0])
+    logp = ratio.log().requires_grad_()
+    zeros = torch.zeros(6)
+    grpo.grpo_loss(logp, zeros, logp.detach(), adv, clip_eps=0.2, beta=0.0).backward()
+    # clipped on the advantage's side (ρ > 1 + ε with Â > 0, ρ < 1 − ε with Â < 0): the term is a constant;
+    # elsewhere d(−ρÂ/n)/d log π = −ρÂ/n
+    clipped = torch.tensor([True, False, False, True, False, False])
+    expected = torch.where(clipped, 0.0, -ratio * adv / 6)
+    torch.testing.assert_close(logp.grad, expected)
+
+
+def random_categoricals(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(5, generator=g).log_softmax(-1), torch.randn(5, generator=g).log_softmax(-1)
+
+
+def test_grpo_k3_nonnegative_and_zero_at_reference():
+    g = torch.Generator().manual_seed(0)
+    logp, logp_ref = torch.randn(1000, generator=g) * 3, torch.randn(1000, generator=g) * 3
+    assert (grpo.k3_kl(logp, logp_ref) >= 0).all()
+    assert (grpo.k3_kl(logp, logp) == 0).all()
+
+
+def test_grpo_k3_mean_matches_exact_kl():
+    log_pi, log_ref = random_categoricals(1)
+    actions = torch.multinomial(log_pi.exp(), 200_000, replacement=True, generator=torch.Generator().manual_seed(2))
+    estimate = grpo.k3_kl(log_pi[actions], log_ref[actions]).mean()
+    exact = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=log_pi), torch.distributions.Categorical(logits=log_ref))
+    torch.testing.assert_close(estimate, exact, rtol=0.02, atol=0)
+
+
+def test_grpo_k3_gradient_is_that_of_reverse_kl():
+    # Σ_a π(a) ∇k3(a), samples held fixed, = ∇_θ KL(π_ref‖π_θ): computed exactly (weights π instead of sampling)
+    theta, log_ref = random_categoricals(3)
+    theta.requires_grad_()
+    log_pi = theta.log_softmax(-1)
+    (k3_grad,) = torch.autograd.grad((log_pi.exp().detach() * grpo.k3_kl(log_pi, log_ref)).sum(), theta)
+    reverse_kl = (log_ref.exp() * (log_ref - theta.log_softmax(-1))).sum()
+    torch.testing.assert_close(k3_grad, torch.autograd.grad(reverse_kl, theta)[0])
+
+
+@pytest.mark.parametrize("kind", grpo.BANDITS)
+def test_grpo_bandit_rewards_have_the_arm_means(kind):
+    bandit = grpo.Bandit(kind, num_arms=4, num_contexts=3, seed=0, device=torch.device("cpu"))
+    contexts = torch.arange(len(bandit.means)).repeat_interleave(4 * 20_000)
+    actions = torch.arange(4).repeat_interleave(20_000).repeat(len(bandit.means))
+    rewards = bandit.pull(contexts, actions, torch.Generator().manual_seed(0))
+    if kind == "bernoulli":
+        assert set(rewards.unique().tolist()) <= {0.0, 1.0}
+    # 5 standard errors of a mean of 20k rewards whose variance is at most 1
+    torch.testing.assert_close(rewards.view(-1, 4, 20_000).mean(-1), bandit.means, atol=5 / 20_000**0.5, rtol=0)
+    assert bandit.means.shape == (3 if kind == "contextual" else 1, 4)
+    assert (bandit.means.gather(1, bandit.best_arm[:, None]).squeeze(1) == bandit.means.max(1).values).all()
+
+
+@pytest.mark.parametrize("argv", [["--capture-video"], ["--group-size", "1"], ["--total-timesteps", "10"],
+                                  ["--env-id", "CartPole-v1"], ["--beta", "-1"]])  # fmt: skip
+def test_grpo_refuses_bad_settings_in_one_line(argv, capsys):
+    import tyro
+
+    with pytest.raises(SystemExit) as exit_info:
+        grpo.check_args(tyro.cli(grpo.Args, args=argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: grpo_bandit.py: ")
+
+
+@pytest.mark.parametrize("env_id", grpo.BANDITS)
+def test_grpo_smoke_logs_and_saves(env_id, tmp_path):
+    argv = ["--env-id", env_id, "--total-timesteps", "640", "--num-contexts", "3", "--save-model",
+            "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    result = train_cli("grpo_bandit.py", argv)
+    scalars = read_scalars(result["run_dir"])
+    assert result["steps"] == 640 and np.isfinite(result["eval_return"])
+    regret = [v for _, v in scalars["charts/regret"]]
+    assert len(regret) == 10 and all(b >= a >= 0 for a, b in zip(regret, regret[1:]))  # cumulative
+    assert all(0 <= v <= 1 for _, v in scalars["charts/best_arm_prob"])
+    assert all(v >= 0 for _, v in scalars["diagnostics/kl_ref"])
+    for tag in ("charts/mean_reward", "losses/policy_loss", "diagnostics/clipfrac", "diagnostics/entropy"):
+        assert len(scalars[tag]) == 10
+    assert scalars["eval/episodic_return"] == [(640, pytest.approx(result["eval_return"]))]
+    if env_id == "contextual":  # the saved file evaluates alone, to the same number
+        proc = run_script(ROOT / "grpo_bandit.py", ["--eval-model", result["model_path"]], tmp_path)
+        assert proc.returncode == 0 and f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
+
+
+def train_and_load(argv, tmp_path):
+    """Train with --save-model; the run's scalars, the bandit it faced and the trained policy."""
+    result = train_cli("grpo_bandit.py", argv + ["--save-model", "--eval-episodes", "0", "--log-dir", str(tmp_path)])
+    ckpt = torch.load(result["model_path"])
+    args = grpo.Args(**ckpt["args"])
+    bandit, policy = grpo.make_bandit_and_policy(args, torch.device("cpu"))
+    policy.load_state_dict(ckpt["model"])
+    return read_scalars(result["run_dir"]), bandit, policy
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("mode", [[], ["--scale-rewards", "none"], ["--advantage", "reinforce"]],
+                         ids=["grpo", "dr_grpo", "reinforce_baseline"])  # fmt: skip
+@pytest.mark.parametrize("seed", [1, 2])
+def test_grpo_gaussian_bandit_finds_best_arm(mode, seed, tmp_path):
+    # Calibrated on seeds 1-5 at 3000 pulls: best-arm probability 0.965-0.974 (≥ 0.9 from 1216-1408 pulls),
+    # regret 0.20-0.22 of a uniform policy's, in all three modes.
+    steps = 3000
+    scalars, bandit, _ = train_and_load(["--env-id", "gaussian", "--seed", str(seed), "--total-timesteps",
+                                         str(steps)] + mode, tmp_path)  # fmt: skip
+    assert scalars["charts/best_arm_prob"][-1][1] >= 0.9
+    uniform_regret = (bandit.best_mean - bandit.means.mean(-1)).item() * scalars["charts/regret"][-1][0]
+    assert scalars["charts/regret"][-1][1] < 0.35 * uniform_regret
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("seed", [1, 2])
+def test_grpo_contextual_bandit_greedy_picks_best_arm_everywhere(seed, tmp_path):
+    # 5 contexts × 5 arms: the smallest gap μ(c, a*) − μ(c, a) is 0.37 σ. Calibrated on seeds 1-5 at 4000 pulls:
+    # greedy right in all 5 contexts on every seed, best-arm probability ≥ 0.9 from 576-768 pulls.
+    argv = ["--env-id", "contextual", "--num-contexts", "5", "--num-arms", "5", "--seed", str(seed),
+            "--total-timesteps", "4000"]  # fmt: skip
+    _, bandit, policy = train_and_load(argv, tmp_path)
+    with torch.no_grad():
+        greedy = policy(torch.arange(5)).argmax(-1)
+    assert (greedy == bandit.best_arm).all(), (greedy, bandit.best_arm)
