@@ -51,7 +51,15 @@ PUBLISHED = {
     ("trpo", "CartPole-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "500.00 ± 0.00", "100k", RL_ZOO)],
     ("trpo", "Acrobot-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "-83.11 ± 18.65", "100k", RL_ZOO)],
     ("trpo", "Hopper-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Hopper-v3", "3618.39 ± 356.77", "1M", RL_ZOO)],
-    ("sac_continuous", "Hopper-v5"): [(RL_ZOO_NOTE + ", Hopper-v3", "2325.55 ± 1129.68", "1M", RL_ZOO)],
+    ("sac_continuous", "Hopper-v5"): [("CleanRL, training episodic return, Hopper-v2", "2310.46 ± 342.82", "1M",
+                                       CLEANRL + "sac/#experiment-results"),
+                                      (RL_ZOO_NOTE + ", Hopper-v3", "2325.55 ± 1129.68", "1M", RL_ZOO)],
+    ("sac_continuous", "InvertedPendulum-v5"): [("CleanRL, training episodic return, InvertedPendulum-v4",
+                                                 "909.37 ± 55.66", "1M", CLEANRL + "sac/#experiment-results")],
+    ("ddpg", "Hopper-v5"): [(CLEANRL_NOTE + ", Hopper-v2", "1007.44 ± 148.29", "1M",
+                             CLEANRL + "ddpg/#experiment-results")],
+    ("ddpg", "InvertedPendulum-v5"): [(CLEANRL_NOTE + ", InvertedPendulum-v2", "684.61 ± 94.41", "1M",
+                                       CLEANRL + "ddpg/#experiment-results")],
 }  # fmt: skip
 
 
@@ -62,7 +70,8 @@ class Args:
     title: str = "Benchmark results"  # heading of README.md
     notes: str = ""  # a paragraph under the heading: budgets, what the grid compares
     curve_tags: tuple[str, ...] = (RETURN,)  # tags to plot, one PNG per env and tag
-    thresholds: dict[str, float] = field(default_factory=dict)  # env id -> return threshold (default: the env's)
+    thresholds: dict[str, float] = field(default_factory=dict)  # env id -> threshold (default: the env's return one)
+    threshold_tag: str = RETURN  # the tag compared with the threshold, e.g. charts/best_arm_prob for the bandits
     window: int = 10  # trailing mean over this many logged training returns, for curves and the threshold
 
 
@@ -146,9 +155,9 @@ def mean_std(values: list) -> Optional[tuple[float, float]]:
     return (float(np.mean(values)), float(np.std(values))) if values else None
 
 
-def summarize(runs: list[RunLog], threshold: Optional[float], window: int) -> dict:
+def summarize(runs: list[RunLog], threshold: Optional[float], window: int, tag: str = RETURN) -> dict:
     """The table's figures for one (script, env) group of seeds."""
-    hits = [steps_to_threshold(r.scalars[RETURN], threshold, window) if threshold is not None and r.scalars.get(RETURN)
+    hits = [steps_to_threshold(r.scalars[tag], threshold, window) if threshold is not None and r.scalars.get(tag)
             else None for r in runs]  # fmt: skip
     return {
         "seeds": len(runs),
@@ -165,7 +174,8 @@ def fmt(ms: Optional[tuple[float, float]], digits: int = 1) -> str:
     return "—" if ms is None else f"{ms[0]:,.{digits}f} ± {ms[1]:,.{digits}f}"
 
 
-def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optional[float], window: int, path: Path):
+def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optional[float], threshold_tag: str,
+         window: int, path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,7 +188,7 @@ def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optiona
             grid, mean, std = band(curves)
             ax.plot(grid, mean, label=f"{script} ({len(curves)} seeds)")
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
-    if threshold is not None and tag == RETURN:
+    if threshold is not None and tag == threshold_tag:
         ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set(title=env, xlabel="environment steps", ylabel=f"{tag} (trailing mean of {window})")
     ax.grid(alpha=0.3)
@@ -188,13 +198,14 @@ def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optiona
     plt.close(fig)
 
 
-def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float], window: int) -> str:
+def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float], window: int, tag: str = RETURN) -> str:
     t = "—" if threshold is None else f"{threshold:g}"
+    t = t if tag == RETURN else f"{tag.split('/')[-1]} {t}"
     lines = [f"## {env}\n",
              f"| script | seeds | steps | eval return | steps to {t} (seeds reaching it) | steps/s | wall time (s) | "
              "published (source, budget) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for script, runs in groups.items():
-        s = summarize(runs, threshold, window)
+        s = summarize(runs, threshold, window, tag)
         published = "<br>".join(f"{v} at {budget}: [{who}]({url})"
                                 for who, v, budget, url in PUBLISHED.get((runs[0].stem, env), []))  # fmt: skip
         lines.append(f"| {script} | {s['seeds']} | {s['budget']:,} | {fmt(s['eval'])} | "
@@ -218,15 +229,18 @@ def main(args: Args) -> Path:
     sections = [header(args.title, f"{len(seeds)} per script and env ({', '.join(map(str, seeds))})"),
                 args.notes + "\n" if args.notes else "",
                 "Eval return: the final `eval/episodic_return` (deterministic policy) of each seed, mean ± std over "
-                f"seeds. Steps to threshold: first step where the mean of the last {args.window} training episode "
-                "returns reaches it, averaged over the seeds that reach it. Steps/s: the script's own `charts/SPS` "
-                "(training loop); wall time: the whole process, start-up and evaluation included.\n"]  # fmt: skip
+                f"seeds. Steps to threshold: first step where the mean of the last {args.window} logged values of "
+                f"`{args.threshold_tag}` reaches it, averaged over the seeds that reach it. Steps/s: the script's "
+                "own `charts/SPS` (training loop); wall time: the whole process, start-up and evaluation "
+                "included.\n"]  # fmt: skip
     for env, groups in by_env.items():
         threshold = env_threshold(env, args.thresholds)
-        sections.append(table(env, groups, threshold, args.window))
+        if args.threshold_tag != RETURN and env not in args.thresholds:
+            threshold = None  # the env's reward threshold is about returns, not about another tag
+        sections.append(table(env, groups, threshold, args.window, args.threshold_tag))
         for tag in args.curve_tags:
             name = f"{env}__{tag.replace('/', '_')}.png"
-            plot(groups, env, tag, threshold, args.window, out / name)
+            plot(groups, env, tag, threshold, args.threshold_tag, args.window, out / name)
             sections.append(f"![{env} {tag}]({name})\n")
     (out / "README.md").write_text("\n".join(s for s in sections if s))
     print(f"wrote {out / 'scalars.csv'}, {out / 'README.md'} and the plots of {len(runs)} runs")

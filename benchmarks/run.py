@@ -73,8 +73,8 @@ def mujoco_short(script: str):
 SUITES = {
     "classic": ([variant(s) for s in DISCRETE], ["CartPole-v1", "Acrobot-v1"], 3),
     "mujoco-short": ([mujoco_short(s) for s in CONTINUOUS], ["InvertedPendulum-v5", "Hopper-v5"], 3),
-    "reinforce-baselines": ([variant("reinforce.py", f"--baseline {b}", f"baseline-{b}") for b in ("none", "mean", "value")]
-                            + [variant("a2c.py")], ["CartPole-v1"], 3),
+    "reinforce-baselines": ([variant("reinforce.py", f"--baseline {b}", f"baseline-{b}")
+                             for b in ("none", "mean", "value")] + [variant("a2c.py")], ["CartPole-v1"], 3),
     "dqn-double": ([variant("dqn.py", "--no-double", "single"), variant("dqn.py", "--double", "double")],
                    ["CartPole-v1", "Acrobot-v1"], 3),
     "grpo": ([variant("grpo_bandit.py", "--scale-rewards group", "group"),

@@ -6,19 +6,18 @@ env-only random-action rate (the physical limit of the loop), measured interleav
 
 For each script, the settings are the script's own defaults (after its action-space defaults, SPACE_DEFAULTS) plus
 the PLAN flags below; the SB3 counterpart gets the same values mapped onto its arguments (same networks, batch
-sizes, epochs, learning rates, torch threads). Each repeat runs, for every script, our script as a user would (a
-subprocess), SB3 in a fresh spawned process, and random actions through the same vector env, in an order that
-rotates from repeat to repeat, so slow phases of a shared machine hit every side alike. Ratios are taken within a
-repeat and the median over repeats is reported. Steps/s is the training loop's (ours: the final `charts/SPS`;
-SB3: steps / time in `learn`); wall time is the whole process, start-up and the final evaluation included.
+sizes, epochs, learning rates, torch threads). Each round runs, for every script, the unmodified script's train(),
+SB3, and random actions through the same vector env, each in a fresh process, in an order that rotates from round
+to round. Ratios are taken within a round and the median over rounds is reported. Every figure comes by the wall
+clock and by CPU time: on a shared machine the wall clock also measures the other tenants, CPU time barely.
 """
 
 import importlib.util
 import multiprocessing as mp
 import os
+import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Optional
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, env_threshold, header, read_scalars  # noqa: E402
+from common import ROOT, env_threshold, header  # noqa: E402
 
 # Script -> (env id, extra flags) measured by default. Off-policy budgets cover several thousand learning steps.
 PLAN = {
@@ -112,14 +111,19 @@ COUNTERPARTS = {"ppo.py": sb3_ppo, "a2c.py": sb3_a2c, "trpo.py": sb3_trpo, "dqn.
                 "sac_continuous.py": sb3_sac, "ddpg.py": sb3_ddpg}  # fmt: skip
 
 
-def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
-    """The script's Args for this command line, with its action-space defaults filled in as its train() would."""
+def load_script(script: str):
     spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", ROOT / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    a = tyro.cli(module.Args, args=["--env-id", env_id, *flags])
+    return module
+
+
+def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
+    """The script's Args for this command line, with its action-space defaults filled in as its train() would."""
     import gymnasium as gym
 
+    module = load_script(script)
+    a = tyro.cli(module.Args, args=["--env-id", env_id, *flags])
     box = isinstance(gym.make(env_id).action_space, gym.spaces.Box)
     for name, pair in getattr(module, "SPACE_DEFAULTS", {}).items():
         if getattr(a, name) is None:
@@ -127,19 +131,24 @@ def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
     return a
 
 
-# ---- the three measurements; the last two run in a fresh spawned process each ----
-def ours(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval_episodes: int) -> dict:
+# ---- the three measurements, each in a fresh spawned process. On a shared machine the wall clock measures the
+# other tenants as much as the code, so each also reports CPU seconds (time.process_time), which they barely move.
+def ours_child(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval_episodes: int) -> dict:
+    """train() of the unmodified script, as its main would call it; the saved model is then evaluated (untimed)
+    through the script's own --eval-model path."""
+    module = load_script(script)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / script), "--env-id", env_id, "--seed", str(seed), "--log-dir", tmp,
-               "--exp-name", "throughput", "--eval-episodes", str(eval_episodes), "--no-progress", *flags]  # fmt: skip
-        start = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.time() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{script} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        scalars = read_scalars(next(Path(tmp).iterdir()))
-    evals = scalars.get("eval/episodic_return", [(0, float("nan"))])
-    return {"sps": scalars["charts/SPS"][-1][1], "wall": wall, "eval": evals[-1][1]}
+        a = tyro.cli(module.Args, args=["--env-id", env_id, "--seed", str(seed), "--log-dir", tmp, "--exp-name",
+                                        "throughput", "--no-progress", *flags, "--eval-episodes", "0",
+                                        "--save-model"])  # fmt: skip
+        wall, cpu = time.time(), time.process_time()
+        result = module.train(a)
+        wall, cpu = time.time() - wall, time.process_time() - cpu
+        evaluation = float("nan")
+        if eval_episodes:
+            saved = ["--eval-model", result["model_path"], "--eval-episodes", str(eval_episodes)]
+            evaluation = module.evaluate_saved(tyro.cli(module.Args, args=saved))
+    return {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu, "eval": evaluation}
 
 
 def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int, threads: int) -> dict:
@@ -160,19 +169,21 @@ def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[kwargs["policy_kwargs"]["activation_fn"]]
     kwargs["policy_kwargs"] = dict(kwargs["policy_kwargs"], activation_fn=activation)
     algo = getattr(sb3, spec["algo"], None) or getattr(sb3_contrib, spec["algo"])
+    wall, cpu = time.time(), time.process_time()  # like ours: env and model set-up, then the training loop
     env = make_vec_env(env_id, n_envs=spec["n_envs"], seed=seed)
     if spec["normalize"]:
         env = VecNormalize(env, gamma=kwargs["gamma"])
     model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
-    start = time.time()
     model.learn(steps)
-    sps = model.num_timesteps / (time.time() - start)
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
-    if spec["normalize"]:  # evaluation sees observations normalised with the training statistics, frozen
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-        eval_env.obs_rms = env.obs_rms
-    mean_return, _ = evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)
-    return {"sps": sps, "eval": float(mean_return)}
+    wall, cpu = time.time() - wall, time.process_time() - cpu
+    evaluation = float("nan")
+    if eval_episodes:
+        eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+        if spec["normalize"]:  # evaluation sees observations normalised with the training statistics, frozen
+            eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+            eval_env.obs_rms = env.obs_rms
+        evaluation = float(evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)[0])
+    return {"sps": model.num_timesteps / wall, "cpu_sps": model.num_timesteps / cpu, "eval": evaluation}
 
 
 def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
@@ -184,17 +195,24 @@ def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     envs.reset(seed=seed)
     envs.action_space.seed(seed)
-    start = time.time()
+    steps = steps // num_envs * num_envs
+    wall, cpu = time.time(), time.process_time()
     for _ in range(steps // num_envs):
         envs.step(envs.action_space.sample())
-    return {"sps": steps // num_envs * num_envs / (time.time() - start)}
+    return {"sps": steps / (time.time() - wall), "cpu_sps": steps / (time.process_time() - cpu)}
+
+
+def with_process_cpu(fn, args) -> dict:
+    result = fn(*args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return result | {"cpu": usage.ru_utime + usage.ru_stime}  # the whole process: start-up, imports, evaluation
 
 
 def spawned(fn, *args) -> dict:
-    """fn(*args) in a fresh Python process; wall = the whole process, start-up and imports included."""
+    """fn(*args) in a fresh Python process. wall and cpu: the whole process, start-up and imports included."""
     start = time.time()
     with mp.get_context("spawn").Pool(1) as pool:
-        result = pool.apply(fn, args)
+        result = pool.apply(with_process_cpu, (fn, args))
     return result | {"wall": time.time() - start}
 
 
@@ -228,70 +246,82 @@ def measure(args: Args) -> list[dict]:
         seed = args.seed + r
         for p in plans:
             a, steps = p["args"], p["args"].total_timesteps
-            jobs = {"ours": lambda: ours(p["script"], p["env_id"], p["flags"], seed, args.eval_episodes),
-                    "env": lambda: spawned(env_child, p["env_id"], getattr(a, "num_envs", 1) or 1,
-                                           min(args.env_steps, steps), seed)}  # fmt: skip
+            jobs = {"ours": (ours_child, p["script"], p["env_id"], p["flags"], seed, args.eval_episodes),
+                    "env": (env_child, p["env_id"], getattr(a, "num_envs", 1), min(args.env_steps, steps), seed)}
             if p["sb3"]:
-                jobs["sb3"] = lambda: spawned(sb3_child, p["sb3"], p["env_id"], steps, seed, args.eval_episodes,
-                                              a.threads)  # fmt: skip
-            order = list(jobs)[r % len(jobs):] + list(jobs)[: r % len(jobs)]  # rotate who goes first
-            result = {name: jobs[name]() for name in order}
+                jobs["sb3"] = (sb3_child, p["sb3"], p["env_id"], steps, seed, args.eval_episodes, a.threads)
+            names = list(jobs)
+            order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+            result = {name: spawned(*jobs[name]) for name in order}
             p["rounds"].append(result)
-            print(f"round {r + 1} {p['script']} {p['env_id']}: "
-                  + ", ".join(f"{k} {v['sps']:,.0f} steps/s" for k, v in result.items()), flush=True)  # fmt: skip
+            print(f"round {r + 1} {p['script']} {p['env_id']}: " + ", ".join(
+                f"{k} {v['sps']:,.0f} steps/s ({v['cpu_sps']:,.0f}/CPU-s)" for k, v in result.items()), flush=True)
     return plans
 
 
 def markdown(plans: list[dict], args: Args) -> str:
-    rows = ["| script | env | steps | SB3 counterpart | ours steps/s | SB3 steps/s | ours ÷ SB3 | env-only steps/s "
-            "| ours ÷ env-only | ours wall (s) | SB3 wall (s) | ours eval (≥ threshold) | SB3 eval (≥ threshold) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    detail = ["| script | round | seed | ours steps/s | SB3 steps/s | env-only steps/s | ours wall (s) | SB3 wall (s) "
-              "| ours eval | SB3 eval |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    speed = ["| script | env | steps | SB3 | ours steps/s | SB3 steps/s | ours ÷ SB3 | ours steps/CPU-s "
+             "| SB3 steps/CPU-s | ours ÷ SB3 (CPU) | env-only steps/CPU-s | ours ÷ env-only (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    whole = ["| script | env | ours eval | SB3 eval | ours process wall (s) | ours process CPU (s) "
+             "| SB3 process wall (s) | SB3 process CPU (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    detail = ["| script | round | order | ours steps/s | SB3 steps/s | ours steps/CPU-s | SB3 steps/CPU-s "
+              "| env-only steps/CPU-s | ours wall / CPU (s) | SB3 wall / CPU (s) | ours eval | SB3 eval |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in plans:
         rounds, threshold = p["rounds"], env_threshold(p["env_id"])
 
-        def col(side, key):
-            return [r[side][key] for r in rounds if side in r]
-
-        def evals(side):
-            xs = col(side, "eval")
-            if not xs:
-                return "—"
-            solved = f", {sum(x >= threshold for x in xs)}/{len(xs)} ≥ {threshold:g}" if threshold is not None else ""
-            return f"{statistics.mean(xs):.1f}{solved}"
-
-        def ratio(side):
-            xs = [r["ours"]["sps"] / r[side]["sps"] for r in rounds if side in r]
-            return f"**{median(xs):.2f}×**" if xs else "—"
-
         def num(side, key, fmt="{:,.0f}"):
-            xs = col(side, key)
+            xs = [r[side][key] for r in rounds if side in r]
             return fmt.format(median(xs)) if xs else "—"
 
+        def ratio(side, key):  # within each round, then the median over rounds
+            xs = [r["ours"][key] / r[side][key] for r in rounds if side in r]
+            return f"**{median(xs):.2f}×**" if xs else "—"
+
+        def evals(side):
+            xs = [r[side]["eval"] for r in rounds if side in r]
+            if not xs:
+                return "—"
+            solved = f" ({sum(x >= threshold for x in xs)}/{len(xs)} ≥ {threshold:g})" if threshold is not None else ""
+            return f"{statistics.mean(xs):.1f}{solved}"
+
         name = p["sb3"]["algo"] if p["sb3"] else "none"
-        rows.append(f"| {p['script']} | {p['env_id']} | {p['args'].total_timesteps:,} | {name} | {num('ours', 'sps')} "
-                    f"| {num('sb3', 'sps')} | {ratio('sb3')} | {num('env', 'sps')} | {ratio('env')} "
-                    f"| {num('ours', 'wall', '{:.1f}')} | {num('sb3', 'wall', '{:.1f}')} | {evals('ours')} "
-                    f"| {evals('sb3')} |")  # fmt: skip
+        speed.append(f"| {p['script']} | {p['env_id']} | {p['args'].total_timesteps:,} | {name} "
+                     f"| {num('ours', 'sps')} | {num('sb3', 'sps')} | {ratio('sb3', 'sps')} | {num('ours', 'cpu_sps')} "
+                     f"| {num('sb3', 'cpu_sps')} | {ratio('sb3', 'cpu_sps')} | {num('env', 'cpu_sps')} "
+                     f"| {ratio('env', 'cpu_sps')} |")  # fmt: skip
+        whole.append(f"| {p['script']} | {p['env_id']} | {evals('ours')} | {evals('sb3')} "
+                     f"| {num('ours', 'wall', '{:.1f}')} | {num('ours', 'cpu', '{:.1f}')} "
+                     f"| {num('sb3', 'wall', '{:.1f}')} | {num('sb3', 'cpu', '{:.1f}')} |")  # fmt: skip
         for i, r in enumerate(rounds):
-            sb3 = r.get("sb3", {})
-            detail.append(f"| {p['script']} | {i + 1} | {args.seed + i} | {r['ours']['sps']:,.0f} "
-                          f"| {sb3.get('sps', float('nan')):,.0f} | {r['env']['sps']:,.0f} | {r['ours']['wall']:.1f} "
-                          f"| {sb3.get('wall', float('nan')):.1f} | {r['ours']['eval']:.1f} "
-                          f"| {sb3.get('eval', float('nan')):.1f} |")  # fmt: skip
+            nan = {"sps": float("nan"), "cpu_sps": float("nan"), "wall": float("nan"), "cpu": float("nan"),
+                   "eval": float("nan")}  # fmt: skip
+            o, b, e = r["ours"], r.get("sb3", nan), r["env"]
+            detail.append(f"| {p['script']} | {i + 1} | {' → '.join(r)} | {o['sps']:,.0f} | {b['sps']:,.0f} "
+                          f"| {o['cpu_sps']:,.0f} | {b['cpu_sps']:,.0f} | {e['cpu_sps']:,.0f} "
+                          f"| {o['wall']:.1f} / {o['cpu']:.1f} | {b['wall']:.1f} / {b['cpu']:.1f} | {o['eval']:.1f} "
+                          f"| {b['eval']:.1f} |")  # fmt: skip
     settings = "\n".join(f"- `{p['script']}` {' '.join(p['flags'])} ↔ SB3 `{p['sb3']['algo']}`, "
                          f"n_envs={p['sb3']['n_envs']}, normalize={p['sb3']['normalize']}, {p['sb3']['kwargs']}"
                          for p in plans if p["sb3"])  # fmt: skip
     return "\n".join([
-        header("Throughput: our scripts vs Stable-Baselines3 and the env-only limit", f"{args.repeats} rounds, seeds "
-               f"{args.seed}..{args.seed + args.repeats - 1} (one training run per side per round)"),
-        "Medians over rounds; ratios are taken within each round, then the median. Steps/s: training loop only "
-        "(ours: final `charts/SPS`; SB3: steps / time in `learn`). Env-only: random actions through the same "
-        "vector env (SyncVectorEnv, same-step autoreset, episode statistics). Wall: the whole process, Python "
-        "start-up, imports and the final deterministic evaluation included. Eval: mean over rounds of the final "
-        f"{args.eval_episodes}-episode deterministic evaluation, and how many rounds reached the env's threshold.\n",
-        *rows, "", "### Every round\n", *detail, "", "### SB3 settings (mapped from each script's defaults)\n",
+        header("Throughput: our scripts vs Stable-Baselines3 and the env-only limit",
+               f"{args.repeats} round(s), seeds {', '.join(str(args.seed + r) for r in range(args.repeats))} "
+               "(one training run per side per round)"),
+        "Each round runs, per script, our script's `train()`, SB3 with the same settings and the env alone, each "
+        "in a fresh process, in an order that rotates from round to round. Ratios are taken within a round, then "
+        "the median over rounds; other figures are medians. Steps/s: environment steps over the time of set-up "
+        "and training (ours: `train()`; SB3: building the env and model, then `learn`), by the wall clock and by "
+        "the CPU time of that process. On this shared machine other tenants slow the wall clock by a varying factor; the "
+        "CPU-time figures, what the same code would reach on an idle core, are the ones to compare. Env-only: "
+        "random actions through the same vector env (SyncVectorEnv, same-step autoreset, episode statistics).\n",
+        "## Steps per second\n", *speed, "",
+        "## Whole runs\n",
+        f"Eval: the final deterministic evaluation ({args.eval_episodes} episodes), mean over rounds and how many "
+        "rounds reached the env's threshold. Process wall and CPU: the whole process, Python start-up, imports, "
+        "training and evaluation; on an idle machine a single-threaded run's wall time is about its CPU time.\n",
+        *whole, "", "## Every round\n", *detail, "", "## SB3 settings (mapped from each script's defaults)\n",
         settings, ""])  # fmt: skip
 
 
