@@ -253,13 +253,13 @@ def train(args: Args) -> dict:
 
     B, G = args.num_prompts, args.group_size
     num_iterations = args.total_timesteps // (B * G)
-    regret = torch.zeros((), device=device)  # Σ over pulls of μ(c, a*(c)) − μ(c, a): expected regret
+    regret = torch.zeros((), device=device)  # Σ over pulls of μ(c, a*(c)) − μ(c, a): expected, not realised, regret
     reward_sum = torch.zeros((), device=device)  # Σ of all rewards so far, for R̄ of --advantage reinforce
     global_step, start = 0, time.time()
-    for iteration in range(1, num_iterations + 1):
+    for _ in range(num_iterations):
         # ---- B prompts, G answers each from π_old, scored by the reward model ----
         contexts = torch.randint(len(bandit.means), (B,), device=device).repeat_interleave(G)  # (B*G,)
-        with torch.no_grad():
+        with torch.no_grad():  # π_old is π_θ as it is now; its log-probs are constants of the update
             logits = policy(contexts)
             actions = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)  # a_i ~ π_old(·|c), (B*G,)
             logp_old = categorical_logp(logits, actions)
@@ -268,7 +268,7 @@ def train(args: Args) -> dict:
         regret += (bandit.best_mean[contexts] - bandit.means[contexts, actions]).sum()
         if args.advantage == "grpo":
             advantages = group_relative_advantages(rewards.view(B, G), args.scale_rewards == "group").flatten()
-        else:  # Â_i = r_i − R̄, R̄ = mean of all earlier rewards: one baseline for every prompt, however hard
+        else:  # Â_i = r_i − R̄, R̄ = mean of all earlier rewards (0 at first): one baseline for every prompt
             advantages = rewards - reward_sum / max(global_step, 1)
         reward_sum += rewards.sum()
         global_step += B * G
