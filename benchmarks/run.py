@@ -184,8 +184,16 @@ def run_ray(todo: list[Run], args: Args, out: Path):
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(ready)
-        record, archive = ray.get(ready)
         shutil.rmtree(out / run.name, ignore_errors=True)
+        try:
+            record, archive = ray.get(ready)
+        except ray.exceptions.RayError as e:  # the task itself died (a node lost, out of memory): a failed run
+            (out / run.name).mkdir(parents=True)
+            (out / run.name / "stdout.log").write_text(f"{type(e).__name__}: {e}\n")
+            record = {**asdict(run), "returncode": "ray error", "wall_time": float("nan"), "eval": None}
+            (out / run.name / "run.json").write_text(json.dumps(record, indent=1))
+            yield run, record
+            continue
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             tar.extractall(out / run.name, filter="data")
         yield run, record

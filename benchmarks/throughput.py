@@ -313,8 +313,9 @@ def markdown(plans: list[dict], args: Args) -> str:
         "in a fresh process, in an order that rotates from round to round. Ratios are taken within a round, then "
         "the median over rounds; other figures are medians. Steps/s: environment steps over the time of set-up "
         "and training (ours: `train()`; SB3: building the env and model, then `learn`), by the wall clock and by "
-        "the CPU time of that process. On this shared machine other tenants slow the wall clock by a varying factor; the "
-        "CPU-time figures, what the same code would reach on an idle core, are the ones to compare. Env-only: "
+        "the CPU time of that process. On a shared machine other tenants slow the wall clock by a factor that "
+        "changes from minute to minute; CPU time moves much less, but on a crowded VM it too runs above an idle "
+        "core's (cache sharing, host contention), so compare the ratios rather than the absolute figures. Env-only: "
         "random actions through the same vector env (SyncVectorEnv, same-step autoreset, episode statistics).\n",
         "## Steps per second\n", *speed, "",
         "## Whole runs\n",
