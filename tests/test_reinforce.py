@@ -1,0 +1,212 @@
+"""reinforce.py: the lecture's 3-armed bandit and the score-function gradient through the script's own functions,
+reward-to-go and both discountings against direct sums, baselines that lower the variance of the gradient estimate
+and keep its mean, episode handling on a scripted env, end-to-end runs, the CartPole threshold with fixed seeds."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, load, read_scalars, run_script, train_cli
+from torch.func import functional_call, grad, vmap
+from test_a2c import CountingEnv  # registers A2CTestCounting-v0: episodes that terminate or hit a TimeLimit of 4
+
+reinforce = load("reinforce.py")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tensors this small run fastest on one thread, as the scripts do (--threads 1); a second thread mostly
+    waits for a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_reinforce_lecture_bandit_gradient():
+    # softmax policy over 3 arms, θ = (1, −1, 0); one pull of arm 1 (index 0) with reward 3: one episode, one step
+    theta = torch.tensor([[1.0, -1.0, 0.0]], requires_grad=True)
+    probs = theta.detach().softmax(-1)[0]
+    torch.testing.assert_close(probs, torch.tensor([0.66, 0.09, 0.25]), atol=0.01, rtol=0)
+    logp = reinforce.categorical_logp(theta, torch.tensor([0])).unsqueeze(1)  # (T, N) = (1, 1)
+    returns = reinforce.reward_to_go(torch.tensor([[3.0]]), gamma=0.99)
+    alive = torch.ones(1, 1, dtype=torch.bool)
+    weights = reinforce.pg_weights(returns, 0.0, alive, 0.99, weight_by_gamma_t=False, normalize=False)
+    reinforce.policy_gradient_loss(logp, weights).backward()
+    # ∇J = G ∇ log π(a_1) = 3 (1 − π_1, −π_2, −π_3); the loss is −J, so its gradient is −∇J
+    torch.testing.assert_close(-theta.grad[0], 3 * (torch.tensor([1.0, 0, 0]) - probs))
+    torch.testing.assert_close(-theta.grad[0], 3 * torch.tensor([0.34, -0.09, -0.25]), atol=0.02, rtol=0)
+
+
+def test_reinforce_pseudo_loss_gradient_is_score_function_gradient():
+    # −∇ loss = (1/N) Σ_i Σ_t ∇ log π(a_t|s_t) Ψ_t, with ∇_z log softmax(z)_a = onehot(a) − softmax(z)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, 3, generator=g, requires_grad=True)  # (T, N, |A|)
+    actions, weights = torch.randint(0, 3, (6, 4), generator=g), torch.randn(6, 4, generator=g)
+    reinforce.policy_gradient_loss(reinforce.categorical_logp(logits, actions), weights).backward()
+    score = torch.nn.functional.one_hot(actions, 3) - logits.detach().softmax(-1)
+    torch.testing.assert_close(-logits.grad, score * weights.unsqueeze(-1) / 4)
+
+
+def padded_episodes(seed=1, T=7, N=4):
+    """Random rewards (T, N), zero past each episode's end, with the alive mask."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([7, 3, 1, 5])
+    alive = torch.arange(T).unsqueeze(1) < lengths
+    return torch.rand(T, N, generator=g) * alive, alive
+
+
+def discounted_sum(rewards, gamma, t, start):
+    """Σ_{t'≥t} γ^{t'−start} r_{t'} of one episode, term by term."""
+    return sum(gamma ** (k - start) * rewards[k] for k in range(t, len(rewards)))
+
+
+@pytest.mark.parametrize("option_2", [False, True])
+def test_reinforce_reward_to_go_and_discounting_options_match_double_sum(option_2):
+    rewards, alive = padded_episodes()
+    gamma = 0.9
+    weights = reinforce.pg_weights(reinforce.reward_to_go(rewards, gamma), 0.0, alive, gamma, option_2, False)
+    # option 1: G_t = Σ_{t'≥t} γ^{t'−t} r_{t'};  option 2: γ^t G_t = Σ_{t'≥t} γ^{t'} r_{t'}, discounted from s_0
+    expected = torch.tensor([[discounted_sum(rewards[:, i], gamma, t, 0 if option_2 else t) for i in range(4)]
+                             for t in range(7)]) * alive  # fmt: skip
+    torch.testing.assert_close(weights, expected)
+
+
+def test_reinforce_truncated_episode_bootstraps_from_value():
+    rewards, alive = padded_episodes()
+    bootstrap = torch.zeros_like(rewards)
+    bootstrap[2, 1] = 10.0  # episode 1 (3 steps) was cut by a time limit with V(s_3) = 10
+    returns = reinforce.reward_to_go(rewards, 0.9, bootstrap)
+    plain = reinforce.reward_to_go(rewards, 0.9)
+    torch.testing.assert_close(returns[:3, 1], plain[:3, 1] + 10.0 * 0.9 ** torch.tensor([3.0, 2.0, 1.0]))
+    torch.testing.assert_close(returns[:, [0, 2, 3]], plain[:, [0, 2, 3]])
+
+
+def test_reinforce_normalized_weights_are_scaled_not_centred():
+    rewards, alive = padded_episodes()
+    returns = reinforce.reward_to_go(rewards, 0.9)
+    weights = reinforce.pg_weights(returns, 0.0, alive, 0.9, False, normalize=True)
+    torch.testing.assert_close(weights[alive].std(), torch.tensor(1.0))
+    # divided by the std only: centring as well would hide a mean baseline inside --baseline none
+    torch.testing.assert_close(weights, returns * alive / returns[alive].std())
+
+
+def collect(agent, env_id, n, seed):
+    envs = reinforce.make_envs(env_id, n)
+    envs.reset(seed=seed)
+    torch.manual_seed(seed)
+    batch = [torch.as_tensor(x) for x in reinforce.run_episodes(envs, agent, torch.device("cpu"))]
+    envs.close()
+    return batch
+
+
+def test_reinforce_run_episodes_one_complete_episode_per_env():
+    agent = reinforce.Agent(CountingEnv.observation_space, CountingEnv.action_space, 8, with_value=False)
+    obs, actions, rewards, alive, final_obs, cut = collect(agent, "A2CTestCounting-v0", 6, seed=0)
+    lengths = alive.sum(0)
+    assert (lengths >= 2).all() and (lengths <= 4).all() and cut.any() and not cut.all()
+    assert not (alive[1:] & ~alive[:-1]).any()  # alive is 1 up to each episode's end, then 0
+    torch.testing.assert_close(rewards, alive.float())  # r = 1 on the episode's steps, 0 after
+    torch.testing.assert_close(obs[..., 0][alive], torch.arange(len(obs)).unsqueeze(1).expand_as(alive)[alive].float())
+    assert (obs[..., 1][alive] == obs[0, :, 1].expand_as(alive)[alive]).all()  # one episode per column
+    torch.testing.assert_close(final_obs[:, 0], lengths.float())  # the true last observation s_T
+    assert (lengths[cut] == 4).all()  # truncated by the TimeLimit, never by a termination
+
+
+def per_episode_gradients(agent, obs, actions, weights):
+    """The estimate −∇ loss of each episode alone, over the policy's parameters: (N, n_params), one vmapped pass."""
+    params = {name: p.detach() for name, p in agent.actor.named_parameters()}
+
+    def loss(p, o, a, w):  # one episode: o (T, obs_dim), a (T,), w (T,)
+        logp = reinforce.categorical_logp(functional_call(agent.actor, p, (o,)), a)
+        return reinforce.policy_gradient_loss(logp.unsqueeze(1), w.unsqueeze(1))
+
+    grads = vmap(grad(loss), in_dims=(None, 1, 1, 1))(params, obs, actions, weights)
+    return -torch.cat([g.flatten(1) for g in grads.values()], 1)
+
+
+def test_reinforce_baselines_lower_variance_and_keep_the_mean(seed=0):
+    # calibrated on seeds 0-5: Var(mean)/Var(none) 0.47-0.55, Var(value)/Var(none) 0.32-0.54, mean differences
+    # at most 0.52 of the 3-standard-error bound
+    torch.manual_seed(seed)
+    agent = reinforce.Agent(*reinforce.env_spaces("CartPole-v1"), 32, with_value=True)
+    # fit V_w to the reward-to-go of a first batch of the fixed policy, with the script's own loss
+    obs, _, rewards, alive, _, _ = collect(agent, "CartPole-v1", 50, seed=seed + 1)
+    returns = reinforce.reward_to_go(rewards, 0.99)
+    optimizer = torch.optim.Adam(agent.critic.parameters(), lr=1e-2)
+    for _ in range(200):
+        optimizer.zero_grad()
+        reinforce.value_loss(agent.value(obs), returns, alive).backward()
+        optimizer.step()
+    # a second, independent batch: per-episode gradient estimates with each baseline
+    obs, actions, rewards, alive, _, _ = collect(agent, "CartPole-v1", 300, seed=seed + 2)
+    returns = reinforce.reward_to_go(rewards, 0.99)
+    with torch.no_grad():
+        values = agent.value(obs)
+    grads = {}
+    for kind in ("none", "mean", "value"):
+        b = reinforce.baseline_values(kind, returns, values, alive)
+        weights = reinforce.pg_weights(returns, b, alive, 0.99, weight_by_gamma_t=False, normalize=False)
+        grads[kind] = per_episode_gradients(agent, obs, actions, weights)
+    variance = {kind: g.var(0).sum() for kind, g in grads.items()}  # trace of the covariance
+    assert variance["mean"] < 0.7 * variance["none"] and variance["value"] < 0.7 * variance["none"]
+    for kind in ("mean", "value"):
+        # the means differ by the batch average of −Σ_t ∇ log π(a_t|s_t) b(s_t), which has expectation 0: the
+        # difference must be within 3 standard errors of 0
+        diff = grads[kind] - grads["none"]
+        assert diff.mean(0).norm() < 3 * (diff.var(0).sum() / len(diff)).sqrt(), kind
+
+
+def test_reinforce_truncation_bootstraps_only_where_cut(monkeypatch, tmp_path):
+    module, seen = load("reinforce.py"), {}
+    run_episodes, reward_to_go = module.run_episodes, module.reward_to_go
+
+    def spy_run(envs, agent, device):
+        seen["agent"], seen["batch"] = agent, run_episodes(envs, agent, device)
+        return seen["batch"]
+
+    def spy_rtg(rewards, gamma, bootstrap=None):
+        final_obs = torch.as_tensor(seen["batch"][4])
+        with torch.no_grad():  # V_w(s_T) of every episode, with the θ of this batch (before the update)
+            seen.update(bootstrap=bootstrap, v_final=seen["agent"].value(final_obs))
+        return reward_to_go(rewards, gamma, bootstrap)
+
+    monkeypatch.setattr(module, "run_episodes", spy_run)
+    monkeypatch.setattr(module, "reward_to_go", spy_rtg)
+    train_cli(module, ["--env-id", "A2CTestCounting-v0", "--num-envs", "8", "--total-timesteps", "1",
+                       "--eval-episodes", "0", "--log-dir", str(tmp_path), "--device", "cpu"])  # fmt: skip
+    _, _, _, alive, final_obs, cut = (torch.as_tensor(x) for x in seen["batch"])
+    assert cut.any() and not cut.all()
+    expected = torch.zeros_like(seen["bootstrap"])
+    expected[alive.sum(0)[cut] - 1, cut.nonzero().squeeze(1)] = seen["v_final"][cut]
+    # V_w(s_T) at the last step of each episode cut by the time limit, 0 everywhere else
+    torch.testing.assert_close(seen["bootstrap"], expected)
+
+
+SMOKE = {
+    "CartPole-v1": ["--baseline", "mean", "--weight-by-gamma-t", "--normalize-returns"],
+    "InvertedPendulum-v5": [],
+}
+
+
+@pytest.mark.parametrize("env_id", SMOKE)
+def test_reinforce_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
+    argv = ["--env-id", env_id, "--total-timesteps", "500", "--eval-episodes", "2", "--save-model",
+            "--log-dir", str(tmp_path), "--device", "cpu"] + SMOKE[env_id]  # fmt: skip
+    result = train_cli("reinforce.py", argv)
+    tags = read_scalars(result["run_dir"])
+    for tag in ("charts/episodic_return", "charts/SPS", "losses/policy_loss", "eval/episodic_return"):
+        assert tag in tags, tag
+    assert ("losses/value_loss" in tags) == (env_id == "InvertedPendulum-v5")  # only the learned baseline has one
+    assert torch.load(result["model_path"])["args"]["env_id"] == env_id
+    proc = run_script(ROOT / "reinforce.py", ["--eval-model", result["model_path"], "--eval-episodes", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("seed", [1, 2])
+def test_reinforce_with_learned_baseline_solves_cartpole(seed, tmp_path):
+    result = train_cli("reinforce.py", ["--seed", str(seed), "--log-dir", str(tmp_path), "--device", "cpu"])
+    assert result["steps"] <= 300_000
+    assert result["eval_return"] >= 475
