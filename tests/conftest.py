@@ -21,13 +21,14 @@ CASES = {
     ),
     # The entries below are first guesses for scripts still to come; each script's author owns its entry.
     "reinforce.py": dict(
-        tiny=["--env-id", "CartPole-v1", "--total-timesteps", "1000", "--eval-episodes", "2"],
+        tiny=["--env-id", "CartPole-v1", "--total-timesteps", "1000", "--num-envs", "4", "--eval-episodes", "2"],
         inconsistent=["--gamma", "1.5"],
         wrong_space="Blackjack-v1",
     ),
     "a2c.py": dict(
-        tiny=["--env-id", "CartPole-v1", "--total-timesteps", "400", "--num-envs", "2", "--eval-episodes", "2"],
-        inconsistent=["--gamma", "1.5"],
+        tiny=["--env-id", "CartPole-v1", "--total-timesteps", "400", "--num-envs", "2", "--log-interval", "10",
+              "--eval-episodes", "2"],
+        inconsistent=["--num-envs", "8", "--num-steps", "5", "--total-timesteps", "20"],
         wrong_space="Blackjack-v1",
     ),
     "dqn.py": dict(
