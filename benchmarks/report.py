@@ -190,7 +190,7 @@ def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optiona
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
     if threshold is not None and tag == threshold_tag:
         ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax.set(title=env, xlabel="environment steps", ylabel=f"{tag} (trailing mean of {window})")
+    ax.set(title=env, xlabel="environment steps", ylabel=tag + (f" (trailing mean of {window})" if window > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -79,7 +79,7 @@ SUITES = {
                    ["CartPole-v1", "Acrobot-v1"], 3),
     "grpo": ([variant("grpo_bandit.py", "--scale-rewards group", "group"),
               variant("grpo_bandit.py", "--scale-rewards none", "no-std"),
-              variant("grpo_bandit.py", "--advantage reinforce", "reinforce")], ["gaussian"], 5),
+              variant("grpo_bandit.py", "--advantage reinforce", "reinforce")], ["gaussian", "contextual"], 5),
 }  # fmt: skip
 
 
