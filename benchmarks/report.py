@@ -84,6 +84,7 @@ class RunLog:
     seed: int
     scalars: dict[str, list[tuple[int, float]]]
     wall_time: Optional[float] = None  # seconds, start-up included (from run.py's run.json)
+    code: Optional[str] = None  # the commit the run was made at (from run.json)
 
 
 def find_runs(log_dir: str) -> list[RunLog]:
@@ -105,7 +106,8 @@ def find_runs(log_dir: str) -> list[RunLog]:
     runs = []
     for (env, exp, seed), (_, run_dir, meta) in sorted(newest.items()):
         stem = Path(meta["script"]).stem if "script" in meta else exp.split("-")[0]
-        runs.append(RunLog(run_dir.name, exp, stem, env, seed, read_scalars(run_dir), meta.get("wall_time")))
+        runs.append(RunLog(run_dir.name, exp, stem, env, seed, read_scalars(run_dir), meta.get("wall_time"),
+                           meta.get("code")))
     return runs
 
 
@@ -228,6 +230,8 @@ def main(args: Args) -> Path:
     seeds = sorted({r.seed for r in runs})
     sections = [header(args.title, f"{len(seeds)} per script and env ({', '.join(map(str, seeds))})"),
                 args.notes + "\n" if args.notes else "",
+                "Runs made at: " + "; ".join(sorted({r.code for r in runs if r.code})) + "\n"
+                if any(r.code for r in runs) else "",
                 "Eval return: the final `eval/episodic_return` (deterministic policy) of each seed, mean ± std over "
                 f"seeds. Steps to threshold: first step where the mean of the last {args.window} logged values of "
                 f"`{args.threshold_tag}` reaches it, averaged over the seeds that reach it. Steps/s: the script's "

@@ -31,7 +31,7 @@ from typing import Literal, Optional
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT  # noqa: E402
+from common import ROOT, code_state  # noqa: E402
 
 # Which action spaces each script handles (from its issue); suites pick scripts by this, among those present.
 DISCRETE = ["reinforce.py", "a2c.py", "dqn.py", "ppo.py", "trpo.py"]
@@ -122,7 +122,7 @@ def is_done(run_dir: Path) -> bool:
         return False
 
 
-def execute(run: Run, script_path: str, run_dir: Path, timeout: Optional[float]) -> dict:
+def execute(run: Run, script_path: str, run_dir: Path, timeout: Optional[float], code: str) -> dict:
     """Run one script as a subprocess into run_dir (emptied first); write and return its run.json record."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -140,18 +140,19 @@ def execute(run: Run, script_path: str, run_dir: Path, timeout: Optional[float])
     evals = [line for line in (run_dir / "stdout.log").read_text(errors="replace").splitlines()
              if line.startswith("eval/episodic_return")]  # the line every script prints after its evaluation
     record = {**asdict(run), "command": shlex.join(["python", run.script, *run.argv(".")]), "returncode": returncode,
-              "wall_time": wall_time, "eval": evals[-1] if evals else None, "host": os.uname().nodename}  # fmt: skip
+              "wall_time": wall_time, "eval": evals[-1] if evals else None, "host": os.uname().nodename,
+              "code": code}  # fmt: skip
     (run_dir / "run.json").write_text(json.dumps(record, indent=1))
     return record
 
 
-def execute_remote(run: Run, source: bytes, timeout: Optional[float]) -> tuple[dict, bytes]:
+def execute_remote(run: Run, source: bytes, timeout: Optional[float], code: str) -> tuple[dict, bytes]:
     """A Ray task: run the script (sent as source) in a temporary folder, return its record and folder as a tar."""
     with tempfile.TemporaryDirectory() as tmp:
         script_path = Path(tmp) / Path(run.script).name
         script_path.write_bytes(source)
         run_dir = Path(tmp) / run.name
-        record = execute(run, str(script_path), run_dir, timeout)
+        record = execute(run, str(script_path), run_dir, timeout, code)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             tar.add(run_dir, arcname=".")
@@ -168,7 +169,8 @@ def log_tail(run_dir: Path, lines: int = 15) -> str:
 
 def run_local(todo: list[Run], args: Args, out: Path):
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(execute, r, str(ROOT / r.script), out / r.name, args.timeout): r for r in todo}
+        futures = {pool.submit(execute, r, str(ROOT / r.script), out / r.name, args.timeout, code_state()): r
+                   for r in todo}  # fmt: skip
         for future in as_completed(futures):
             yield futures[future], future.result()
 
@@ -180,7 +182,7 @@ def run_ray(todo: list[Run], args: Args, out: Path):
         local = {} if args.ray_address else {"num_cpus": args.workers, "include_dashboard": False}
         ray.init(address=args.ray_address, log_to_driver=False, **local)
     task = ray.remote(num_cpus=1, num_gpus=args.gpus_per_run, max_retries=0)(execute_remote)
-    pending = {task.remote(r, (ROOT / r.script).read_bytes(), args.timeout): r for r in todo}
+    pending = {task.remote(r, (ROOT / r.script).read_bytes(), args.timeout, code_state()): r for r in todo}
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(ready)
