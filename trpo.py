@@ -1,27 +1,23 @@
 """TRPO with GAE(λ), for Discrete and Box action spaces.
 
 Trust Region Policy Optimization (Schulman et al. 2015, arXiv:1502.05477). Each iteration collects T steps from N
-parallel envs with π_old, estimates Â_t with GAE(λ) (arXiv:1506.02438), then takes ONE policy step, as large as a
-trust region on the KL divergence allows:
+parallel envs with π_old, estimates Â_t with GAE(λ) (arXiv:1506.02438), takes ONE policy step, as long as a trust
+region on the KL divergence allows, then fits a separate critic V(s) to R_t = Â_t + V(s_t) by regression:
 
-  maximise L(θ) = Ê[r_t(θ) Â_t],  r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t),  subject to  KL̄(θ) ≤ δ,
-  KL̄(θ) = Ê[KL(π_old(·|s_t) ‖ π_θ(·|s_t))]
+  maximise L(θ) = Ê[r_t(θ) Â_t],  r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t),  s.t. KL̄(θ) = Ê[KL(π_old‖π_θ)(s_t)] ≤ δ
+  x = F⁻¹ g      g = ∇L(θ_old); F = ∇²KL̄(θ_old) = E[∇log π ∇log πᵀ], the Fisher; conjugate gradient, F·v alone
+  θ = θ_old + α^j β x,  β = √(2δ / xᵀFx),  the first j = 0, 1, ... with KL̄ ≤ δ and L improved (else θ stays)
 
-L is importance sampling, E_p[f] = E_q[(p/q) f]: samples of π_old estimate how π_θ would do on π_old's states,
-which equals the true change of return J(θ) − J(θ_old) only to first order, hence the trust region. Linearise L
-(gradient g), expand KL̄ to second order (its Hessian at θ_old is the Fisher F = E[∇log π ∇log πᵀ]), and solve:
+Importance sampling, E_p[f] = E_q[(p/q) f], lets π_old's samples score π_θ. Reweighting whole trajectories takes
+Π_t r_t(θ), which explodes or vanishes over long horizons; L reweights each action alone, on π_old's states, and so
+equals J(θ) − J(θ_old) only to first order: it is to be trusted near θ_old alone. Why a KL and not ‖θ − θ_old‖ ≤ ε?
+How far π moves per unit of θ depends on the parametrisation: with a two-action softmax on the logit z = 100 θ,
+π = (0.4, 0.6) at θ = −0.004 is (1.00, 0.00) at θ = 0.06. The KL bounds the change of the distribution itself,
+whatever the parametrisation; the step it gives is the natural gradient (Kakade 2001), β where ½ β² xᵀFx = δ.
 
-  x = F⁻¹ g           by conjugate gradient, from products F·v alone (double backprop through KL̄; F is never formed)
-  θ = θ_old + α^j β x,  β = √(2δ / xᵀFx),  for the first j = 0, 1, ... with KL̄ ≤ δ and L improved (else θ_old)
-
-Why not bound ‖θ − θ_old‖ instead? How far π moves per unit of θ depends on the parametrisation: with a two-action
-softmax on the logit z = 100 θ, π = (0.4, 0.6) at θ = −0.004 becomes (1.00, 0.00) at θ = 0.06. The KL bounds the
-change of the distribution itself, whatever the parametrisation: the natural gradient (Kakade 2001).
-The critic V(s) is a separate network, fitted by minibatch regression on R_t = Â_t + V(s_t) after each step.
-
-Discrete actions: softmax policy. Box actions: diagonal Gaussian with state-independent log σ, actions clipped to
-the bounds when stepped, running observation and reward normalisation (saved with the model). Defaults: RL-Zoo's
-TRPO settings for CartPole-v1 (Discrete) and for MuJoCo (Box).
+Discrete: softmax policy. Box: diagonal Gaussian with state-independent log σ, actions clipped to the bounds when
+stepped, running observation and reward normalisation (saved with the model). Defaults: RL-Zoo's TRPO settings for
+CartPole-v1 (Discrete) and for MuJoCo (Box).
 
 Usage: python trpo.py --env-id CartPole-v1
        python trpo.py --env-id Hopper-v5 --seed 3
@@ -429,14 +425,16 @@ def train(args: Args) -> dict:
     agent = Agent(obs_space, act_space, args.hidden, args.normalize).to(device)
     # only V is trained by a gradient optimiser; fused=True: one kernel for all parameters, much faster on CPU
     optimizer = torch.optim.Adam(agent.critic.parameters(), lr=args.learning_rate, fused=True)
-    ret_rms = RunningMeanStd().to(device) if args.normalize else None
-    discounted = torch.zeros(args.num_envs, dtype=torch.float64, device=device)  # per-env discounted return
+    ret_rms = RunningMeanStd() if args.normalize else None  # on the host, with the rewards; not part of the model
+    discounted = np.zeros(args.num_envs)  # per-env discounted return, for the reward scale
 
     T, N = args.num_steps, args.num_envs
     num_iterations = args.total_timesteps // (T * N)
     obs_buf = torch.zeros((T, N) + obs_space.shape, device=device)  # normalised s_t, (T, N, obs_dim)
     act_buf = torch.zeros((T, N) + act_space.shape, device=device)  # a_t, (T, N) or (T, N, act_dim)
-    rew_buf, term_buf, done_buf, trunc_val_buf = torch.zeros((4, T, N), device=device)
+    trunc_val_buf = torch.zeros((T, N), device=device)  # V(true last observation) where truncated at step t
+    # r_t, term_t, done_t stay on the host until the rollout ends: one copy to the device instead of 3T small ones
+    host_buf = np.zeros((3, T, N), dtype=np.float32)
 
     global_step, start, recent_return = 0, time.time(), float("nan")
     raw_obs, _ = envs.reset(seed=args.seed)
@@ -456,14 +454,13 @@ def train(args: Args) -> dict:
                 env_action = np.clip(env_action, act_space.low, act_space.high)
             raw_obs, reward, terminated, truncated, info = envs.step(env_action)
             next_obs = torch.as_tensor(raw_obs, dtype=torch.float32, device=device)
-            reward = torch.as_tensor(reward, device=device)
-            done = torch.as_tensor(terminated | truncated, device=device)
+            done = terminated | truncated
             if ret_rms is not None:  # scale r_t by the std of the discounted return, not of r_t (as SB3, CleanRL)
                 discounted = discounted * args.gamma + reward
-                ret_rms.update(discounted)
-                reward = (reward / (ret_rms.var + 1e-8).sqrt()).clamp(-10, 10)
+                ret_rms.update(torch.from_numpy(discounted))
+                reward = np.clip(reward / np.sqrt(ret_rms.var.item() + 1e-8), -10, 10)
                 discounted[done] = 0.0
-            rew_buf[t], term_buf[t], done_buf[t] = reward, torch.as_tensor(terminated, device=device), done
+            host_buf[:, t] = reward, terminated, done
             if truncated.any():  # a time limit is not a terminal state: bootstrap from V(true last observation)
                 idx = np.flatnonzero(truncated)
                 final = torch.as_tensor(np.stack(info["final_obs"][idx]), dtype=torch.float32, device=device)
@@ -477,6 +474,7 @@ def train(args: Args) -> dict:
         show_progress(args, global_step, start, recent_return)
 
         # ---- advantages Â_t and critic targets R_t, fixed during the update ----
+        rew_buf, term_buf, done_buf = torch.as_tensor(host_buf, device=device)  # each (T, N)
         with torch.no_grad():
             values = agent.value(obs_buf)  # V(s_t), (T, N): one batched pass, since V did not change while collecting
             next_vals = torch.cat([values[1:], agent.value(agent.normalize(next_obs)).unsqueeze(0)])
@@ -494,6 +492,8 @@ def train(args: Args) -> dict:
                             args.cg_tol, args.backtrack_coef, args.backtrack_iters)  # fmt: skip
         v_loss = fit_value(agent.critic, optimizer, b_obs, b_ret, args.vf_epochs, args.vf_minibatches)
         stats |= {"explained_variance": explained_variance(b_val, b_ret)}
+        if not agent.policy.discrete:  # σ of the Gaussian: no entropy term holds it, so watch it
+            stats["std"] = agent.policy.log_std.exp().mean().item()
         writer.add_scalar("losses/value_loss", v_loss, global_step)
         for name, value in stats.items():
             writer.add_scalar(f"diagnostics/{name}", value, global_step)
