@@ -1,0 +1,198 @@
+"""dqn.py: TD targets, loss, replay buffer, autoreset bookkeeping, target updates, ε-greedy, end to end."""
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, load, read_scalars, run_script, train_cli
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+dqn = load("dqn.py")
+
+
+@pytest.mark.parametrize(
+    "double, expected",
+    [
+        # r + γ(1 − term) max_a' Q'(s', a'):  1 + 0.9·5,  2 + 0 (terminal),  0 + 0.9·2
+        (False, [5.5, 2.0, 1.8]),
+        # r + γ(1 − term) Q'(s', argmax_a' Q(s', a')): the online net picks a' = 0, 1, 1
+        (True, [1 + 0.9 * 1.0, 2.0, 0.9 * 2.0]),
+    ],
+)
+def test_dqn_td_target_by_hand(double, expected):
+    rewards, terminations = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    next_q_target = torch.tensor([[1.0, 5.0], [3.0, 4.0], [-1.0, 2.0]])
+    next_q_online = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]) if double else None
+    y = dqn.td_target(rewards, terminations, next_q_target, 0.9, next_q_online)
+    torch.testing.assert_close(y, torch.tensor(expected))
+
+
+@pytest.mark.parametrize("kind, expected", [("huber", (0.5**2 / 2 + (3 - 0.5)) / 2), ("mse", (0.5**2 + 3**2) / 2)])
+def test_dqn_td_loss_by_hand(kind, expected):
+    # TD errors 0.5 (quadratic part of Huber) and −3 (linear part)
+    loss = dqn.td_loss(torch.tensor([1.5, -1.0]), torch.tensor([1.0, 2.0]), kind)
+    assert loss.item() == pytest.approx(expected)
+
+
+def filled_buffer(capacity: int, num_transitions: int, num_envs: int):
+    """A buffer fed transitions 0, 1, 2, ... in batches of num_envs; transition i has s = i, a = i % 3, r = 10 i,
+    s' = i + 0.5 and term = i % 2, so every sampled row can be checked for consistency."""
+    rb = dqn.ReplayBuffer(capacity, (1,), (), np.int64, torch.device("cpu"))
+    for start in range(0, num_transitions, num_envs):
+        i = np.arange(start, start + num_envs)
+        rb.add(i[:, None].astype(np.float32), i % 3, 10.0 * i, i[:, None] + 0.5, i % 2)
+    return rb
+
+
+def test_dqn_replay_buffer_wraps_around_keeping_the_newest():
+    rb = filled_buffer(capacity=5, num_transitions=8, num_envs=2)
+    # slots 0-4 after writing 0,1 | 2,3 | 4,(wrap)5 | 6,7: the newest five, 3-7, in ring order
+    np.testing.assert_array_equal(rb.obs[:, 0], [5, 6, 7, 3, 4])
+    np.testing.assert_array_equal(rb.next_obs[:, 0], [5.5, 6.5, 7.5, 3.5, 4.5])
+    assert (rb.pos, rb.size) == (3, 5)
+
+
+def test_dqn_replay_buffer_samples_filled_slots_uniformly():
+    np.random.seed(0)
+    rb = filled_buffer(capacity=100, num_transitions=4, num_envs=1)
+    obs, actions, rewards, next_obs, terminations = rb.sample(8000)
+    i = obs[:, 0].long()
+    assert set(i.tolist()) == {0, 1, 2, 3}  # never an empty slot (which would read s = 0, s' = 0)
+    torch.testing.assert_close(torch.bincount(i) / 8000.0, torch.full((4,), 0.25), atol=0.02, rtol=0)
+    assert torch.equal(actions, i % 3) and torch.equal(rewards, 10.0 * i) and torch.equal(terminations, i % 2.0)
+    assert torch.equal(next_obs[:, 0], i + 0.5)
+
+
+class CounterEnv(gym.Env):
+    """s = (episode k, step t), r = 10 t + a. Even episodes terminate at t = 3; odd ones run into a TimeLimit of 5."""
+
+    observation_space = gym.spaces.Box(0.0, 100.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.k, self.t = getattr(self, "k", -1) + 1, 0
+        return np.array([self.k, 0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.k % 2 == 0 and self.t == 3
+        return np.array([self.k, self.t], np.float32), 10.0 * self.t + action, terminated, False, {}
+
+
+gym.register("DQNCounter-v0", entry_point=CounterEnv, max_episode_steps=5)
+
+
+def recorded_buffers(monkeypatch) -> list:
+    """Every ReplayBuffer that dqn.train creates from now on."""
+    made = []
+
+    class Recording(dqn.ReplayBuffer):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(dqn, "ReplayBuffer", Recording)
+    return made
+
+
+def test_dqn_vector_env_transitions_exact(monkeypatch, tmp_path):
+    buffers = recorded_buffers(monkeypatch)
+    # 2 envs × 8 steps: one terminated episode (3 steps), then one truncated by the time limit (5 steps); no update
+    dqn.train(dqn.Args(env_id="DQNCounter-v0", num_envs=2, total_timesteps=16, learning_starts=16, train_freq=32,
+                       eval_episodes=0, log_dir=str(tmp_path), progress=False))  # fmt: skip
+    (rb,) = buffers
+    k, t = np.array([0] * 3 + [1] * 5), np.array([0, 1, 2, 0, 1, 2, 3, 4])
+    per_env = np.stack([k, t], 1).astype(np.float32)  # the 8 states s of each env, in order
+    # Rows alternate env 0, env 1. s' stays in s's episode (the truncated one's last s' is its true final state
+    # (1, 5), not the next reset); only the third step of the terminated episode has term = 1.
+    np.testing.assert_array_equal(rb.obs[:16], per_env.repeat(2, 0))
+    np.testing.assert_array_equal(rb.next_obs[:16], (per_env + [0, 1]).repeat(2, 0))
+    np.testing.assert_array_equal(rb.terminations[:16], np.array([0, 0, 1, 0, 0, 0, 0, 0]).repeat(2))
+    np.testing.assert_array_equal(rb.rewards[:16], 10.0 * (rb.next_obs[:16, 1]) + rb.actions[:16])
+    assert rb.size == 16
+
+
+def test_dqn_polyak_update_matches_formula():
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    old = copy.deepcopy(target)
+    dqn.polyak_update(target, source, 0.3)
+    for p, p_src, p_old in zip(target.parameters(), source.parameters(), old.parameters()):
+        torch.testing.assert_close(p, 0.3 * p_src + 0.7 * p_old)  # θ' ← τθ + (1 − τ)θ'
+    dqn.polyak_update(target, source, 1.0)
+    assert all(torch.equal(p, q) for p, q in zip(target.parameters(), source.parameters()))
+
+
+def test_dqn_hard_target_copy_every_C_gradient_steps(monkeypatch, tmp_path):
+    grad_steps, copies, real_update = [0], [], dqn.polyak_update
+
+    def count(optimizer, args, kwargs):
+        grad_steps[0] += 1
+
+    def recording_update(target, source, tau):
+        real_update(target, source, tau)
+        same = all(torch.equal(p, q) for p, q in zip(target.parameters(), source.parameters()))
+        copies.append((grad_steps[0], tau, same))
+
+    monkeypatch.setattr(dqn, "polyak_update", recording_update)
+    handle = register_optimizer_step_post_hook(count)
+    try:  # training phases at steps 200, 300, 400, 500, 600: 5 × 5 = 25 gradient steps, a copy every 3rd
+        dqn.train(dqn.Args(total_timesteps=600, learning_starts=200, train_freq=100, gradient_steps=5,
+                           target_update_interval=3, eval_episodes=0, log_dir=str(tmp_path), progress=False))
+    finally:
+        handle.remove()
+    assert grad_steps[0] == 25
+    assert copies == [(c, 1.0, True) for c in range(3, 25, 3)]
+
+
+def test_dqn_epsilon_schedule_values():
+    values = [dqn.linear_schedule(1.0, 0.04, 8000, t) for t in (0, 2000, 4000, 8000, 20000)]
+    assert values == pytest.approx([1.0, 0.76, 0.52, 0.04, 0.04])
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.2, 1.0])
+def test_dqn_epsilon_greedy_probabilities(epsilon):
+    np.random.seed(0)
+    n, n_actions, greedy = 40_000, 4, 2
+    calls = []
+
+    def greedy_action(obs):
+        calls.append(len(obs))
+        return np.full(len(obs), greedy)
+
+    actions = dqn.epsilon_greedy(greedy_action, np.zeros((n, 3)), epsilon, n_actions)
+    expected = np.full(n_actions, epsilon / n_actions)
+    expected[greedy] = 1 - epsilon + epsilon / n_actions  # the random draw can pick the greedy action too
+    np.testing.assert_allclose(np.bincount(actions, minlength=n_actions) / n, expected, atol=0.01)
+    assert calls == ([] if epsilon == 1.0 else [n])  # Q is not evaluated when every env explores
+
+
+def test_dqn_smoke_saves_logs_and_evaluates_saved_model(tmp_path):
+    result = train_cli("dqn.py", ["--total-timesteps", "1200", "--learning-starts", "300", "--train-freq", "100",
+                                  "--gradient-steps", "10", "--num-envs", "2", "--double", "--loss", "mse",
+                                  "--tau", "0.5", "--target-update-interval", "1", "--eval-episodes", "3",
+                                  "--save-model", "--log-dir", str(tmp_path)])  # fmt: skip
+    scalars = read_scalars(result["run_dir"])
+    for tag in ("losses/td_loss", "diagnostics/q_values", "diagnostics/epsilon", "diagnostics/buffer_fill",
+                "charts/episodic_return", "charts/SPS", "eval/episodic_return"):  # fmt: skip
+        assert tag in scalars, tag
+    assert scalars["diagnostics/buffer_fill"][-1][1] == pytest.approx(1200 / 100_000)
+    assert scalars["diagnostics/epsilon"][0][1] < 1.0
+    proc = run_script(ROOT / "dqn.py", ["--eval-model", result["model_path"], "--eval-episodes", "3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
+
+
+def test_dqn_refuses_box_actions(tmp_path):
+    proc = run_script(ROOT / "dqn.py", ["--env-id", "Pendulum-v1"], tmp_path)
+    assert proc.returncode == 2 and "dqn.py needs a Discrete action space; Pendulum-v1 has Box" in proc.stderr
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("seed", [1, 2])
+def test_dqn_regression_cartpole_default(seed, tmp_path):
+    result = train_cli("dqn.py", ["--seed", str(seed), "--device", "cpu", "--log-dir", str(tmp_path)])
+    assert result["steps"] == 50_000
+    assert result["eval_return"] >= 475, result["eval_return"]
