@@ -32,7 +32,8 @@ CASES = {
         wrong_space="Blackjack-v1",
     ),
     "dqn.py": dict(
-        tiny=["--env-id", "CartPole-v1", "--total-timesteps", "600", "--learning-starts", "200", "--eval-episodes", "2"],
+        tiny=["--env-id", "CartPole-v1", "--total-timesteps", "600", "--learning-starts", "200", "--train-freq", "100",
+              "--gradient-steps", "8", "--eval-episodes", "2"],
         inconsistent=["--total-timesteps", "1000", "--learning-starts", "2000"],
         wrong_space="Pendulum-v1",
     ),
