@@ -30,7 +30,7 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, env_threshold, header  # noqa: E402
 
-# Script -> (env id, extra flags) measured by default. Off-policy budgets cover several thousand learning steps.
+# Script -> (env id, extra flags) measured by default. Off-policy runs: 5k random steps, then 10k learning steps.
 PLAN = {
     "ppo.py": ("CartPole-v1", ()),
     "a2c.py": ("CartPole-v1", ()),
@@ -38,7 +38,7 @@ PLAN = {
     "trpo.py": ("CartPole-v1", ()),
     "reinforce.py": ("CartPole-v1", ()),
     "sac_continuous.py": ("Hopper-v5", ("--total-timesteps", "15000")),
-    "ddpg.py": ("Hopper-v5", ("--total-timesteps", "15000")),
+    "ddpg.py": ("Hopper-v5", ("--total-timesteps", "15000", "--learning-starts", "5000")),
 }
 
 
@@ -63,7 +63,8 @@ def sb3_ppo(a) -> dict:
 def sb3_a2c(a) -> dict:
     kwargs = dict(n_steps=a.num_steps, learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda,
                   ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
-                  use_rms_prop=a.optimizer == "rmsprop", rms_prop_eps=1e-5, normalize_advantage=a.norm_adv,
+                  use_rms_prop=a.optimizer == "rmsprop", rms_prop_eps=1e-5,
+                  normalize_advantage=getattr(a, "norm_adv", False),
                   policy_kwargs=net(a, "tanh"))  # fmt: skip
     return dict(algo="A2C", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
 
@@ -101,10 +102,14 @@ def sb3_sac(a) -> dict:
 
 
 def sb3_ddpg(a) -> dict:
-    kwargs = dict(learning_rate=getattr(a, "learning_rate", None) or a.policy_lr, buffer_size=a.buffer_size,
-                  learning_starts=a.learning_starts, batch_size=a.batch_size, tau=a.tau, gamma=a.gamma,
-                  train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"})
-    return dict(algo="DDPG", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
+    # SB3's DDPG fixes policy_delay=1; ours updates the actor and the targets every d-th step as TD3 does, so the
+    # counterpart is SB3's TD3 reduced to DDPG: one critic, no target-policy smoothing, the same delay d.
+    kwargs = dict(learning_rate=a.learning_rate, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
+                  batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=1, gradient_steps=1,
+                  policy_delay=a.policy_frequency, target_policy_noise=0.0, target_noise_clip=0.0,
+                  action_noise=("normal", a.exploration_noise),
+                  policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu", "n_critics": 1})  # fmt: skip
+    return dict(algo="TD3", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
 
 
 COUNTERPARTS = {"ppo.py": sb3_ppo, "a2c.py": sb3_a2c, "trpo.py": sb3_trpo, "dqn.py": sb3_dqn,
@@ -151,15 +156,13 @@ def ours_child(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval
     return {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu, "eval": evaluation}
 
 
-def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int, threads: int) -> dict:
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
+def sb3_model(spec: dict, env_id: str, seed: int):
+    """The SB3 / sb3-contrib model a spec describes, on its own vector env (normalised where ours normalises)."""
     import sb3_contrib
     import stable_baselines3 as sb3
+    import torch
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.noise import NormalActionNoise
     from stable_baselines3.common.vec_env import VecNormalize
 
     kwargs = dict(spec["kwargs"])
@@ -169,11 +172,25 @@ def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[kwargs["policy_kwargs"]["activation_fn"]]
     kwargs["policy_kwargs"] = dict(kwargs["policy_kwargs"], activation_fn=activation)
     algo = getattr(sb3, spec["algo"], None) or getattr(sb3_contrib, spec["algo"])
-    wall, cpu = time.time(), time.process_time()  # like ours: env and model set-up, then the training loop
     env = make_vec_env(env_id, n_envs=spec["n_envs"], seed=seed)
+    if "action_noise" in kwargs:  # Gaussian noise with std σ × each action's half-range
+        half_range = (env.action_space.high - env.action_space.low) / 2
+        kwargs["action_noise"] = NormalActionNoise(0 * half_range, kwargs["action_noise"][1] * half_range)
     if spec["normalize"]:
         env = VecNormalize(env, gamma=kwargs["gamma"])
-    model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    return algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+
+
+def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int, threads: int) -> dict:
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    wall, cpu = time.time(), time.process_time()  # like ours: env and model set-up, then the training loop
+    model = sb3_model(spec, env_id, seed)
     model.learn(steps)
     wall, cpu = time.time() - wall, time.process_time() - cpu
     evaluation = float("nan")
@@ -181,7 +198,7 @@ def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int
         eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
         if spec["normalize"]:  # evaluation sees observations normalised with the training statistics, frozen
             eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-            eval_env.obs_rms = env.obs_rms
+            eval_env.obs_rms = model.get_env().obs_rms
         evaluation = float(evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)[0])
     return {"sps": model.num_timesteps / wall, "cpu_sps": model.num_timesteps / cpu, "eval": evaluation}
 

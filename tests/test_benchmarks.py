@@ -117,11 +117,7 @@ def test_benchmarks_throughput_sb3_ppo_matches_our_settings_and_network():
     assert (kw["learning_rate"], kw["gamma"], kw["gae_lambda"], kw["clip_range"]) == (("linear", 1e-3), 0.98, 0.8, 0.2)
     ppo = load("ppo.py")
     ours = ppo.Agent(*ppo.env_spaces("CartPole-v1"), a.hidden, a.normalize)
-    import stable_baselines3 as sb3
-    import torch
-
-    policy_kwargs = dict(kw["policy_kwargs"], activation_fn=torch.nn.Tanh)
-    model = sb3.PPO("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, device="cpu")
+    model = throughput.sb3_model(spec, "CartPole-v1", seed=1)
     count = [sum(p.numel() for p in m.parameters()) for m in (ours, model.policy)]
     assert count[0] == count[1]  # the same two 64-wide tanh MLPs on both sides
     # Both sides and the env-only loop run and report their rates (here in this process, tiny budgets).
@@ -130,6 +126,15 @@ def test_benchmarks_throughput_sb3_ppo_matches_our_settings_and_network():
              throughput.env_child("CartPole-v1", 2, 200, 0) | {"eval": 1.0}]  # fmt: skip
     for side in sides:
         assert side["sps"] > 0 and side["cpu_sps"] > 0 and side["eval"] > 0
+
+
+@pytest.mark.parametrize("script", [s for s in throughput.COUNTERPARTS if (ROOT / s).exists()])
+def test_benchmarks_throughput_sb3_counterparts_accept_the_mapped_settings(script):
+    env_id, flags = throughput.PLAN[script]
+    a = throughput.resolved_args(script, env_id, flags)
+    spec = throughput.COUNTERPARTS[script](a)
+    model = throughput.sb3_model(spec, env_id, seed=1)
+    assert model.n_envs == getattr(a, "num_envs", 1) and model.gamma == a.gamma
 
 
 def test_benchmarks_throughput_ratios_are_medians_of_paired_rounds():
