@@ -68,22 +68,25 @@ def call_with(policy, theta, obs):
     return functional_call(policy, {name: t.view(shape) for (name, shape), t in zip(named, chunks)}, (obs,))
 
 
+def kl_hessian(policy, obs, dist_old, theta_old):
+    """The dense (n, n) Hessian of KL̄(θ) = Ê[KL(π_old ‖ π_θ)] at θ_old, by torch.autograd.functional.hessian."""
+    return torch.autograd.functional.hessian(lambda th: policy.kl(dist_old, call_with(policy, th, obs)).mean(), theta_old)
+
+
 @pytest.mark.parametrize("kind", SPACES)
 def test_trpo_fisher_vector_product_is_hessian_of_mean_kl(kind):
     policy, obs, _ = tiny_policy(kind)
     theta_old = parameters_to_vector(policy.parameters()).detach()
     with torch.no_grad():
         dist_old = policy(obs)
-    # dense (n, n) Hessian of KL̄(θ) = Ê[KL(π_old ‖ π_θ)] at θ_old
-    hessian = torch.autograd.functional.hessian(lambda th: policy.kl(dist_old, call_with(policy, th, obs)).mean(),
-                                                theta_old)  # fmt: skip
+    hessian = kl_hessian(policy, obs, dist_old, theta_old)
     v, damping = torch.randn_like(theta_old), 0.1
     fvp = trpo.fisher_vector_product(policy.kl(dist_old, policy(obs)).mean(), list(policy.parameters()), damping)
     torch.testing.assert_close(fvp(v), hessian @ v + damping * v)
     if kind == "categorical":  # at θ_old it is the Fisher matrix Ê[Σ_a π(a|s) ∇log π(a|s) ∇log π(a|s)ᵀ]
-        log_pi = lambda th: call_with(policy, th, obs)[0].log_softmax(-1)  # noqa: E731
-        jac = torch.autograd.functional.jacobian(log_pi, theta_old)  # (batch, actions, n)
-        fisher = torch.einsum("sa,sap,saq->pq", log_pi(theta_old).exp(), jac, jac) / len(obs)
+        jac = torch.autograd.functional.jacobian(lambda th: call_with(policy, th, obs)[0].log_softmax(-1), theta_old)
+        pi = dist_old[0].softmax(-1)  # jac: (batch, actions, n), ∇log π(a|s) for every s and a
+        fisher = torch.einsum("sa,sap,saq->pq", pi, jac, jac) / len(obs)
         torch.testing.assert_close(hessian, fisher)
 
 
@@ -97,11 +100,13 @@ def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
         dist_old = policy(obs)
     old = as_distribution(kind, dist_old)
     # the same step in dense linear algebra: x = (H + damping·I)⁻¹ g, β = √(2δ / xᵀ(H + damping·I)x)
-    ratio = lambda th: (as_distribution(kind, call_with(policy, th, obs)).log_prob(actions) - old.log_prob(actions))
-    surrogate = lambda th: (ratio(th).view(64, -1).sum(-1).exp() * advantages).mean()  # noqa: E731
+
+    def surrogate(theta):  # L(θ) = Ê[r_t(θ) Â_t], through torch.distributions
+        log_ratio = as_distribution(kind, call_with(policy, theta, obs)).log_prob(actions) - old.log_prob(actions)
+        return (log_ratio.view(64, -1).sum(-1).exp() * advantages).mean()  # a Gaussian's dimensions: summed
+
     g = torch.autograd.functional.jacobian(surrogate, theta_old)
-    hessian = torch.autograd.functional.hessian(lambda th: policy.kl(dist_old, call_with(policy, th, obs)).mean(),
-                                                theta_old)  # fmt: skip
+    hessian = kl_hessian(policy, obs, dist_old, theta_old)
     damped = hessian + damping * torch.eye(len(theta_old), dtype=torch.float64)
     x = torch.linalg.solve(damped, g)
     beta = torch.sqrt(2 * max_kl / (x @ damped @ x))
@@ -117,7 +122,7 @@ def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
     assert improvement > 0 and improvement == pytest.approx(stats["surrogate_improvement"])
 
 
-@pytest.mark.parametrize("why", ["KL above a tiny δ", "surrogate not improved"])
+@pytest.mark.parametrize("why", ["kl_above_tiny_delta", "surrogate_not_improved"])
 def test_trpo_line_search_rejects_and_restores_parameters(why):
     policy, obs, actions = tiny_policy("categorical", batch=64)
     advantages = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -134,7 +139,7 @@ def test_trpo_line_search_rejects_and_restores_parameters(why):
     surr_old = surrogate_and_kl()[0]
     g = trpo.flat_grad(surr_old, params)
     # uphill with δ = 1e-12, which no step of the search gets under; or downhill with a δ that every step meets
-    step, max_kl = (0.1 * g, 1e-12) if why == "KL above a tiny δ" else (-0.01 * g, 1.0)
+    step, max_kl = (0.1 * g, 1e-12) if why == "kl_above_tiny_delta" else (-0.01 * g, 1.0)
     accepted, steps, surr, kl = trpo.line_search(params, step, surrogate_and_kl, surr_old.detach(), max_kl, 0.8, 10)
     assert not accepted and steps == 10 and surr == surr_old and kl == 0.0
     assert torch.equal(parameters_to_vector(params), theta_old)
@@ -170,8 +175,10 @@ def test_trpo_rollout_bootstraps_truncation_not_termination(monkeypatch, tmp_pat
         return compute_gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda)
 
     def spy_fit(critic, *args):  # V before its update: the one the rollout's values came from
-        v = lambda obs: critic(torch.tensor(obs, dtype=torch.float32)).squeeze(-1).detach()  # noqa: E731
-        seen.update(v_trajectory=v(trajectory), v_final=v([[4, 1], [4, 3]]))
+        with torch.no_grad():
+            v_trajectory, v_final = (critic(torch.tensor(o, dtype=torch.float32)).squeeze(-1)
+                                     for o in (trajectory, [[4, 1], [4, 3]]))  # fmt: skip
+        seen.update(v_trajectory=v_trajectory, v_final=v_final)
         return fit_value(critic, *args)
 
     # episodes: steps 0-2 (k = 0, terminated), 3-6 (k = 1, truncated), 7-9 (terminated), 10-13 (truncated)
@@ -213,3 +220,20 @@ def test_trpo_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     proc = run_script(ROOT / "trpo.py", ["--eval-model", result["model_path"], "--eval-episodes", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("seed", [1, 2])
+def test_trpo_solves_cartpole_in_150k_steps(seed, tmp_path):
+    argv = ["--seed", str(seed), "--total-timesteps", "150000", "--log-dir", str(tmp_path), "--device", "cpu"]
+    result = train_cli("trpo.py", argv)
+    assert result["steps"] <= 150_000
+    assert result["eval_return"] >= 475
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("seed", [1, 2])
+def test_trpo_balances_inverted_pendulum(seed, tmp_path):
+    argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "50000",
+            "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    assert train_cli("trpo.py", argv)["eval_return"] >= 900
