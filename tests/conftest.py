@@ -38,12 +38,14 @@ CASES = {
         wrong_space="Pendulum-v1",
     ),
     "ddpg.py": dict(
-        tiny=["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "200", "--eval-episodes", "2"],
+        tiny=["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "64",
+              "--hidden", "64", "--eval-episodes", "2"],
         inconsistent=["--total-timesteps", "1000", "--learning-starts", "2000"],
         wrong_space="CartPole-v1",
     ),
     "sac_continuous.py": dict(
-        tiny=["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "200", "--eval-episodes", "2"],
+        tiny=["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "64",
+              "--hidden", "64", "--eval-episodes", "2"],
         inconsistent=["--total-timesteps", "1000", "--learning-starts", "2000"],
         wrong_space="CartPole-v1",
     ),
