@@ -67,11 +67,11 @@ class Args:
     train_freq: int = 256  # environment steps (summed over the N envs) between training phases
     gradient_steps: int = 128  # gradient steps in each training phase
     target_update_interval: int = 128  # C: update the target every C gradient steps (128: once per phase)
-    tau: float = 1.0  # τ: target update θ' ← τθ + (1 − τ)θ'; 1 = hard copy, ~0.005 with C = 1 = Polyak averaging
+    tau: float = 1.0  # τ: target update θ' ← τθ + (1 − τ)θ'; 1 = hard copy, ~0.005 with C = 1 for Polyak averaging
     double: bool = False  # Double DQN: a' = argmax of the online network, valued by the target network
     loss: Literal["huber", "mse"] = "huber"  # ℓ: Huber (smooth L1, the paper's error clipping) or squared TD error
     max_grad_norm: float = 10.0  # clip the global gradient norm to this
-    start_e: float = 1.0  # ε at step 0
+    start_e: float = 1.0  # ε at step 0 of the linear decay (actions are uniform random until learning_starts)
     end_e: float = 0.04  # ε after the decay, typically 0.01-0.1
     exploration_fraction: float = 0.16  # fraction of total_timesteps over which ε decays linearly to end_e
     hidden: int = 256  # width of the Q-network's two hidden layers
