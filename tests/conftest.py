@@ -68,6 +68,7 @@ def load(script: str):
     """Import an algorithm script (e.g. "ppo.py") as a module without running its main."""
     spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # inspect (and so tyro's help text) finds a class's source through sys.modules
     spec.loader.exec_module(module)
     return module
 
