@@ -29,6 +29,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Literal, Optional
 
 import gymnasium as gym
@@ -64,7 +65,7 @@ class Args:
     target_kl: float = 0.01  # δ: trust-region radius, the largest mean KL(π_old‖π_θ) of one step; typically 0.001-0.05
     cg_iters: Optional[int] = None  # k: conjugate-gradient iterations for x ≈ F⁻¹g (default: 15 Discrete, 25 Box)
     cg_tol: float = 1e-5  # conjugate gradient stops once the residual ‖g − F x‖ is below this
-    cg_damping: Optional[float] = None  # F + damping·I keeps the solve well conditioned (default: 1e-3 Discrete, 0.1 Box)
+    cg_damping: Optional[float] = None  # F + damping·I, a well-conditioned solve (default: 1e-3 Discrete, 0.1 Box)
     backtrack_coef: float = 0.8  # α: the line search tries the steps α^j β x, j = 0, 1, ...
     backtrack_iters: int = 10  # steps the line search tries before it rejects the update
     norm_adv: bool = True  # normalise Â_t to zero mean and unit std over each rollout
@@ -330,16 +331,21 @@ def conjugate_gradient(Avp, b, iters: int, tol: float):
     return x, rr.sqrt()
 
 
-def line_search(params, full_step, surrogate_and_kl, surrogate_old, max_kl: float, backtrack_coef: float,
-                iters: int):  # fmt: skip
+def surrogate_and_kl(policy: Policy, obs, actions, advantages, dist_old, logp_old):
+    """L(θ) and KL̄(θ) = Ê[KL(π_old‖π_θ)] at the policy's current θ, from one forward pass over the batch."""
+    dist = policy(obs)
+    return surrogate(policy.log_prob(dist, actions), logp_old, advantages), policy.kl(dist_old, dist).mean()
+
+
+def line_search(params, full_step, objectives, surrogate_old, max_kl: float, backtrack_coef: float, iters: int):
     """Backtracking: try θ = θ_old + α^j · full_step for j = 0, 1, ..., keep the first with KL̄(θ) ≤ δ and
     L(θ) > L(θ_old). The quadratic model behind the step can be wrong far from θ_old; if no step qualifies,
-    θ stays θ_old. Returns (accepted, steps tried, L(θ), KL̄(θ))."""
+    θ stays θ_old. objectives() gives (L(θ), KL̄(θ)) at the current θ. Returns (accepted, steps tried, L, KL̄)."""
     theta_old = parameters_to_vector(params).detach()
     with torch.no_grad():
         for j in range(iters):
             vector_to_parameters(theta_old + backtrack_coef**j * full_step, params)
-            surr, kl = surrogate_and_kl()
+            surr, kl = objectives()
             if kl <= max_kl and surr > surrogate_old:
                 return True, j + 1, surr, kl
         vector_to_parameters(theta_old, params)
@@ -353,21 +359,18 @@ def trpo_update(policy: Policy, obs, actions, advantages, max_kl: float, damping
     with torch.no_grad():  # π_old: θ has not moved since it collected the batch
         dist_old = policy(obs)
         logp_old = policy.log_prob(dist_old, actions)
-
-    def surrogate_and_kl():
-        dist = policy(obs)
-        return surrogate(policy.log_prob(dist, actions), logp_old, advantages), policy.kl(dist_old, dist).mean()
-
-    surr_old, kl = surrogate_and_kl()  # at θ_old: r_t = 1, KL̄ = 0, but their derivatives are what we need
+    objectives = partial(surrogate_and_kl, policy, obs, actions, advantages, dist_old, logp_old)
+    surr_old, kl = objectives()  # at θ_old: r_t = 1, KL̄ = 0, but their derivatives are what we need
     g = flat_grad(surr_old, params, retain_graph=True)  # g = ∇L(θ_old) = Ê[∇log π_θ(a_t|s_t) Â_t]
     Fvp = fisher_vector_product(kl, params, damping)
     x, residual = conjugate_gradient(Fvp, g, cg_iters, cg_tol)  # natural-gradient direction x ≈ F⁻¹ g
-    # the quadratic model ½ (βx)ᵀ F (βx) of KL̄ reaches δ at β = √(2δ / xᵀFx)
+    # the quadratic model ½ (βx)ᵀ F (βx) of KL̄ reaches δ at β = √(2δ / xᵀFx) (F with its damping, as in the solve)
     beta = torch.sqrt(2 * max_kl / (x @ Fvp(x)))
-    accepted, steps, surr, kl = line_search(params, beta * x, surrogate_and_kl, surr_old.detach(), max_kl,
-                                            backtrack_coef, backtrack_iters)  # fmt: skip
+    accepted, steps, surr, kl = line_search(params, beta * x, objectives, surr_old.detach(), max_kl, backtrack_coef,
+                                            backtrack_iters)  # fmt: skip
     return {"kl": kl.item(), "surrogate_improvement": (surr - surr_old).item(), "line_search_steps": steps,
-            "line_search_accepted": float(accepted), "cg_residual": residual.item(), "step_size": beta.item()}  # fmt: skip
+            "line_search_accepted": float(accepted), "cg_residual": residual.item(),
+            "step_size": beta.item()}  # fmt: skip
 
 
 def fit_value(critic: nn.Module, optimizer, obs, returns, epochs: int, minibatches: int) -> float:
