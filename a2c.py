@@ -10,9 +10,9 @@ holds for samples of the current π_θ, so each rollout is used once and thrown 
   Â_t = Σ_l (γλ)^l δ_{t+l}     GAE(λ): λ = 1 gives R_t − V(s_t), the paper's A(s,a) = Q − V ≈ R − V; λ = 0 gives δ_t
   loss = −Ê[log π_θ(a_t|s_t) Â_t] + c_v Ê[(V_θ(s_t) − R_t)²] − c_e Ê[H(π_θ(·|s_t))],   R_t = Â_t + V(s_t)
 
-Sutton & Barto's one-step actor-critic (section 13.3) is n = 1, N = 1, λ = 0, with one more factor I = γ^t
-(I ← γI) on step t: the exact gradient of the discounted objective from s_0. Like all deep-RL code we drop it
-and weight all steps alike (reinforce.py's --weight-by-gamma-t shows the two forms).
+Sutton & Barto's one-step actor-critic (section 13.3) is --num-envs 1 --num-steps 1 (then Â_t = δ_t for any λ),
+with one more factor I = γ^t (I ← γI) on step t: the exact gradient of the discounted objective from s_0. Like
+all deep-RL code we drop it and weight all steps alike (reinforce.py's --weight-by-gamma-t shows both forms).
 
 Discrete actions: categorical (softmax) policy. Box actions: diagonal Gaussian with state-independent log σ,
 actions clipped to the bounds when stepped, running observation and reward normalisation. Defaults: RL-Zoo's
@@ -56,12 +56,12 @@ class Args:
     progress: bool = True  # show a progress line (only when stderr is a terminal)
 
     # Algorithm
-    num_steps: Optional[int] = None  # n: steps per env in each rollout, the n of the n-step return (default: 5 Discrete, 8 Box)
+    num_steps: Optional[int] = None  # n: steps per env per rollout, n of the n-step return (default: 5 Discrete, 8 Box)
     learning_rate: Optional[float] = None  # α: step size (default: 7e-4 Discrete, 9.6e-4 Box)
     anneal_lr: Optional[bool] = None  # decay the learning rate linearly to 0 (default: off Discrete, on Box)
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"  # RMSprop (decay 0.99, ε 1e-5) as in the paper, or Adam
     gamma: float = 0.99  # γ: discount factor, typically 0.95-0.999
-    gae_lambda: Optional[float] = None  # λ: GAE, 1 = n-step returns as in the paper, 0 = one-step TD (default: 1 Discrete, 0.9 Box)
+    gae_lambda: Optional[float] = None  # λ: GAE, 1 = n-step returns, 0 = one-step TD (default: 1 Discrete, 0.9 Box)
     ent_coef: float = 0.0  # c_e: entropy bonus coefficient, typically 0-0.01 (the paper used 0.01 on Atari)
     vf_coef: Optional[float] = None  # c_v: value loss coefficient (default: 0.5 Discrete, 0.4 Box)
     max_grad_norm: float = 0.5  # clip the global gradient norm to this
@@ -322,7 +322,6 @@ def train(args: Args) -> dict:
     device = setup(args)
     writer, run_dir = make_writer(args)
     envs = make_envs(args.env_id, args.num_envs)
-    envs.action_space.seed(args.seed)
     agent = Agent(obs_space, act_space, args.hidden, args.normalize).to(device)
     if args.optimizer == "rmsprop":  # TF's RMSprop settings of the paper and of OpenAI baselines / SB3
         optimizer = torch.optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=1e-5, foreach=True)

@@ -47,7 +47,7 @@ class Args:
     threads: int = 1  # torch CPU threads (1 is fastest for small networks on CPU); 0 keeps torch's default
     env_id: str = "CartPole-v1"  # gymnasium environment id
     total_timesteps: Optional[int] = None  # environment steps to train for (default: 300k Discrete, 1M Box)
-    num_envs: Optional[int] = None  # N: parallel environments, one episode each per batch (default: 8)
+    num_envs: int = 16  # N: episodes per batch, one per parallel env
     log_dir: str = "runs"  # TensorBoard runs go to {log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}
     save_model: bool = False  # save the model, its normalisation statistics and these Args to {run_dir}/{exp_name}.pt
     eval_model: Optional[str] = None  # a file saved by --save-model: evaluate it and exit, no training
@@ -58,6 +58,7 @@ class Args:
     # Algorithm
     baseline: Literal["none", "mean", "value"] = "value"  # b(s_t): none, the batch's mean G_t, or a learned V_w(s_t)
     learning_rate: float = 3e-3  # α: Adam step size of π_θ and of V_w
+    anneal_lr: bool = True  # decay α linearly to 0: noisy Monte-Carlo gradients need ever smaller steps to settle
     gamma: float = 0.99  # γ: discount factor, typically 0.95-0.999
     weight_by_gamma_t: bool = False  # "option 2": weight step t by γ^t as well (the exact discounted gradient)
     normalize_returns: bool = False  # divide G_t − b(s_t) by its std in each batch (the scale only, not the mean)
@@ -65,7 +66,7 @@ class Args:
 
 
 # Defaults that differ by action space, as (Discrete, Box); used where the user did not set the field.
-SPACE_DEFAULTS = {"total_timesteps": (300_000, 1_000_000), "num_envs": (8, 8)}
+SPACE_DEFAULTS = {"total_timesteps": (300_000, 1_000_000)}
 
 
 def fail(msg: str):
@@ -311,7 +312,6 @@ def train(args: Args) -> dict:
     device = setup(args)
     writer, run_dir = make_writer(args)
     envs = make_envs(args.env_id, args.num_envs)
-    envs.action_space.seed(args.seed)
     envs.reset(seed=args.seed)  # seeds the envs once; each batch then starts fresh episodes from that stream
     agent = Agent(obs_space, act_space, args.hidden, args.baseline == "value").to(device)
     # fused=True: one kernel for all parameters, ~4x faster steps than the default on CPU
@@ -319,6 +319,8 @@ def train(args: Args) -> dict:
 
     global_step, start = 0, time.time()
     while global_step < args.total_timesteps:
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - global_step / args.total_timesteps)
         batch = run_episodes(envs, agent, device)
         obs, actions, rewards, alive, final_obs, cut = (torch.as_tensor(x, device=device) for x in batch)  # (T, N, ...)
         lengths = alive.sum(0)  # (N,) steps of each episode

@@ -10,27 +10,28 @@ from conftest import ROOT, load, read_scalars, run_script, train_cli
 a2c = load("a2c.py")
 
 
-def targets(lam: float):
-    """R_t = Â_t + V(s_t) of one env over n = 5 steps, γ = 0.5, r_t = t + 1, V(s_t) = 10: the episode terminates
-    after t = 1, the next one is truncated after t = 3 with V(true last observation) = 8, and the rollout ends
-    with V(s_5) = 20. V(s_2) = 99 is the value after the termination: it must not count."""
+# One env, n = 5 steps, γ = 0.5, r_t = t + 1, V(s_t) = 10. The episode terminates after t = 1 (V(s_2) = 99 there
+# must not count), the next one is truncated after t = 3 with V(true last observation) = 8, the rollout ends with
+# V(s_5) = 20. δ_t = r_t + γ (1 − term_t) V(s_{t+1}) − V(s_t) = (−4, −8, −2, −2, 5).
+BY_HAND = {
+    # λ = 1, the n-step return: R ← r_i + γR backwards from 0 after a termination, V(s_final) after a truncation,
+    # V(s_{t+n}) at the end of the rollout
+    1.0: [1 + 0.5 * 2, 2, 3 + 0.5 * 4 + 0.25 * 8, 4 + 0.5 * 8, 5 + 0.5 * 20],
+    # λ = 0.5: Â_t = δ_t + γλ Â_{t+1} within an episode, R_t = Â_t + V(s_t)
+    0.5: [10 - 4 + 0.25 * -8, 10 - 8, 10 - 2 + 0.25 * -2, 10 - 2, 10 + 5],
+    # λ = 0: R_t = r_t + γ (1 − term_t) V(s_{t+1}), the one-step actor-critic's target
+    0.0: [1 + 0.5 * 10, 2, 3 + 0.5 * 10, 4 + 0.5 * 8, 5 + 0.5 * 20],
+}
+
+
+@pytest.mark.parametrize("lam", BY_HAND)
+def test_a2c_targets_by_hand_across_termination_and_truncation(lam):
     rewards, values = torch.arange(1.0, 6.0).unsqueeze(1), torch.full((5, 1), 10.0)
     next_values = torch.tensor([[10.0], [99.0], [10.0], [8.0], [20.0]])  # V(s_{t+1}) of the same episode
-    terminations, dones = torch.tensor([[0.0], [1.0], [0.0], [0.0], [0.0]]), torch.tensor([[0.0], [1.0], [0.0], [1.0], [0.0]])
-    return (a2c.compute_gae(rewards, values, next_values, terminations, dones, 0.5, lam) + values).squeeze(1)
-
-
-def test_a2c_n_step_returns_by_hand():
-    # λ = 1: R ← r_i + γR backwards from each episode's end: 0 after a termination, V(s_final) after a truncation,
-    # V(s_{t+n}) at the end of the rollout
-    expected = [1 + 0.5 * 2, 2, 3 + 0.5 * 4 + 0.25 * 8, 4 + 0.5 * 8, 5 + 0.5 * 20]
-    torch.testing.assert_close(targets(1.0), torch.tensor(expected))
-
-
-def test_a2c_one_step_td_targets_by_hand():
-    # λ = 0: R_t = r_t + γ (1 − term_t) V(s_{t+1}), the one-step actor-critic's target
-    expected = [1 + 0.5 * 10, 2, 3 + 0.5 * 10, 4 + 0.5 * 8, 5 + 0.5 * 20]
-    torch.testing.assert_close(targets(0.0), torch.tensor(expected))
+    terminations = torch.tensor([[0.0], [1.0], [0.0], [0.0], [0.0]])
+    dones = torch.tensor([[0.0], [1.0], [0.0], [1.0], [0.0]])  # ended: terminated or truncated
+    returns = a2c.compute_gae(rewards, values, next_values, terminations, dones, 0.5, lam) + values
+    torch.testing.assert_close(returns.squeeze(1), torch.tensor(BY_HAND[lam]))
 
 
 class CountingEnv(gym.Env):
@@ -82,6 +83,20 @@ def test_a2c_rollout_pairs_each_state_with_its_own_successor(monkeypatch, tmp_pa
     assert (obs[1:, :, 0][ended[:-1]] == 0).all() and (obs[1:, :, 0][~ended[:-1]] > 0).all()  # a new episode starts
 
 
+def check_saved_run(script: str, result: dict, env_id: str, tmp_path) -> dict:
+    """A finished run logged returns, SPS and its evaluation, saved the model with its Args, and evaluating the saved
+    file without training reproduces the evaluation at the end of training. Returns the checkpoint."""
+    tags = read_scalars(result["run_dir"])
+    for tag in ("charts/episodic_return", "charts/episodic_length", "charts/SPS", "eval/episodic_return"):
+        assert tag in tags, tag
+    ckpt = torch.load(result["model_path"])
+    assert ckpt["args"]["env_id"] == env_id
+    proc = run_script(ROOT / script, ["--eval-model", result["model_path"], "--eval-episodes", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
+    return ckpt
+
+
 SMOKE = {
     "CartPole-v1": ["--num-envs", "2", "--gae-lambda", "0.9", "--norm-adv", "--ent-coef", "0.01"],
     "InvertedPendulum-v5": ["--optimizer", "adam"],
@@ -93,18 +108,12 @@ def test_a2c_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     argv = ["--env-id", env_id, "--total-timesteps", "640", "--eval-episodes", "2", "--log-interval", "4",
             "--save-model", "--log-dir", str(tmp_path), "--device", "cpu"] + SMOKE[env_id]  # fmt: skip
     result = train_cli("a2c.py", argv)
-    tags = read_scalars(result["run_dir"])
-    for tag in ("charts/episodic_return", "charts/SPS", "losses/policy_loss", "losses/value_loss",
-                "diagnostics/entropy", "diagnostics/explained_variance", "diagnostics/advantage_mean",
-                "diagnostics/advantage_std", "eval/episodic_return"):  # fmt: skip
-        assert tag in tags, tag
-    ckpt = torch.load(result["model_path"])
-    assert ckpt["args"]["env_id"] == env_id
+    ckpt = check_saved_run("a2c.py", result, env_id, tmp_path)
+    for tag in ("losses/policy_loss", "losses/value_loss", "diagnostics/entropy", "diagnostics/explained_variance",
+                "diagnostics/advantage_mean", "diagnostics/advantage_std"):  # fmt: skip
+        assert tag in read_scalars(result["run_dir"]), tag
     if env_id == "InvertedPendulum-v5":  # the observation statistics travel with the model
         assert ckpt["model"]["obs_rms.count"] > 500 and ckpt["model"]["obs_rms.var"].ne(1.0).all()
-    proc = run_script(ROOT / "a2c.py", ["--eval-model", result["model_path"], "--eval-episodes", "2"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
 
 
 @pytest.mark.regression

@@ -2,13 +2,11 @@
 reward-to-go and both discountings against direct sums, baselines that lower the variance of the gradient estimate
 and keep its mean, episode handling on a scripted env, end-to-end runs, the CartPole threshold with fixed seeds."""
 
-import gymnasium as gym
-import numpy as np
 import pytest
 import torch
-from conftest import ROOT, load, read_scalars, run_script, train_cli
+from conftest import load, read_scalars, train_cli
 from torch.func import functional_call, grad, vmap
-from test_a2c import CountingEnv  # registers A2CTestCounting-v0: episodes that terminate or hit a TimeLimit of 4
+from test_a2c import CountingEnv, check_saved_run  # importing it registers A2CTestCounting-v0
 
 reinforce = load("reinforce.py")
 
@@ -194,19 +192,17 @@ def test_reinforce_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     argv = ["--env-id", env_id, "--total-timesteps", "500", "--eval-episodes", "2", "--save-model",
             "--log-dir", str(tmp_path), "--device", "cpu"] + SMOKE[env_id]  # fmt: skip
     result = train_cli("reinforce.py", argv)
+    check_saved_run("reinforce.py", result, env_id, tmp_path)
     tags = read_scalars(result["run_dir"])
-    for tag in ("charts/episodic_return", "charts/SPS", "losses/policy_loss", "eval/episodic_return"):
-        assert tag in tags, tag
+    assert "losses/policy_loss" in tags and "diagnostics/weights_std" in tags
     assert ("losses/value_loss" in tags) == (env_id == "InvertedPendulum-v5")  # only the learned baseline has one
-    assert torch.load(result["model_path"])["args"]["env_id"] == env_id
-    proc = run_script(ROOT / "reinforce.py", ["--eval-model", result["model_path"], "--eval-episodes", "2"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
 
 
 @pytest.mark.regression
 @pytest.mark.parametrize("seed", [1, 2])
 def test_reinforce_with_learned_baseline_solves_cartpole(seed, tmp_path):
-    result = train_cli("reinforce.py", ["--seed", str(seed), "--log-dir", str(tmp_path), "--device", "cpu"])
+    # the last batch of 16 episodes may overshoot the budget by up to 16 * 500 steps
+    argv = ["--seed", str(seed), "--total-timesteps", "290000", "--log-dir", str(tmp_path), "--device", "cpu"]
+    result = train_cli("reinforce.py", argv)
     assert result["steps"] <= 300_000
     assert result["eval_return"] >= 475
