@@ -98,7 +98,7 @@ def check_saved_run(script: str, result: dict, env_id: str, tmp_path) -> dict:
 
 
 SMOKE = {
-    "CartPole-v1": ["--num-envs", "2", "--gae-lambda", "0.9", "--norm-adv", "--ent-coef", "0.01"],
+    "CartPole-v1": ["--num-envs", "2", "--gae-lambda", "0.9", "--ent-coef", "0.01"],
     "InvertedPendulum-v5": ["--optimizer", "adam"],
 }
 
