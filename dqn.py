@@ -254,9 +254,9 @@ def td_loss(q_taken, y, kind: str):
 def check_args(args: Args, obs_space, act_space):
     """Refuse what cannot work, in one line."""
     if not isinstance(act_space, gym.spaces.Discrete):
-        fail(f"dqn.py needs a Discrete action space; {args.env_id} has {act_space}")
+        fail(f"needs a Discrete action space; {args.env_id} has {act_space}")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"dqn.py needs flat Box observations; {args.env_id} has {obs_space}")
+        fail(f"needs flat Box observations; {args.env_id} has {obs_space}")
     for ok, msg in [
         (min(args.num_envs, args.batch_size, args.gradient_steps, args.target_update_interval) >= 1,
          "--num-envs, --batch-size, --gradient-steps and --target-update-interval must be >= 1"),

@@ -394,9 +394,9 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
 def check_args(args: Args, obs_space, act_space):
     """Fill in the action-space defaults, then refuse what cannot work, in one line."""
     if not isinstance(act_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        fail(f"trpo.py needs a Discrete or Box action space; {args.env_id} has {act_space}")
+        fail(f"needs a Discrete or Box action space; {args.env_id} has {act_space}")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"trpo.py needs flat Box observations; {args.env_id} has {obs_space}")
+        fail(f"needs flat Box observations; {args.env_id} has {obs_space}")
     for name, pair in SPACE_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, pair[isinstance(act_space, gym.spaces.Box)])
