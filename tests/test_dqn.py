@@ -187,7 +187,7 @@ def test_dqn_smoke_saves_logs_and_evaluates_saved_model(tmp_path):
 
 def test_dqn_refuses_box_actions(tmp_path):
     proc = run_script(ROOT / "dqn.py", ["--env-id", "Pendulum-v1"], tmp_path)
-    assert proc.returncode == 2 and "dqn.py needs a Discrete action space; Pendulum-v1 has Box" in proc.stderr
+    assert proc.returncode == 2 and "dqn.py: needs a Discrete action space; Pendulum-v1 has Box" in proc.stderr
 
 
 @pytest.mark.regression
