@@ -145,13 +145,14 @@ def test_sac_twin_q_equals_two_separate_mlps():
     torch.manual_seed(0)
     qf = sac.TwinQ(obs_dim=4, act_dim=2, hidden=8)
     obs, actions = torch.randn(7, 4), torch.randn(7, 2)
+    weights, biases = [qf.w1, qf.w2, qf.w3], [qf.b1, qf.b2, qf.b3]
     for j in range(2):  # critic j as an ordinary MLP with the j-th slice of each stacked weight
         layers = [nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1)]
-        for layer, w, b in zip(layers[::2], qf.weights, qf.biases):
+        for layer, w, b in zip(layers[::2], weights, biases):
             layer.weight.data, layer.bias.data = w[j].T, b[j, 0]
         expected = nn.Sequential(*layers)(torch.cat([obs, actions], -1)).squeeze(-1)
         torch.testing.assert_close(qf(obs, actions)[j], expected)
-    assert not torch.allclose(qf.weights[1][0], qf.weights[1][1])  # two independent initialisations
+    assert not torch.allclose(weights[1][0], weights[1][1])  # two independent initialisations
 
 
 def test_sac_soft_target_by_hand():
