@@ -250,9 +250,9 @@ def actor_loss(q_mu):
 def check_args(args: Args, obs_space, act_space):
     """Refuse what cannot work, in one line."""
     if not isinstance(act_space, gym.spaces.Box) or not np.isfinite(np.r_[act_space.low, act_space.high]).all():
-        fail(f"ddpg.py needs a bounded Box action space; {args.env_id} has {act_space}")
+        fail(f"needs a bounded Box action space; {args.env_id} has {act_space}")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"ddpg.py needs flat Box observations; {args.env_id} has {obs_space}")
+        fail(f"needs flat Box observations; {args.env_id} has {obs_space}")
     for ok, msg in [
         (args.num_envs >= 1 and args.batch_size >= 1 and args.policy_frequency >= 1,
          "--num-envs, --batch-size and --policy-frequency must be >= 1"),

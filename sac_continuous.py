@@ -297,9 +297,9 @@ def alpha_loss(log_alpha, logp, target_entropy: float):
 def check_args(args: Args, obs_space, act_space):
     """Refuse what cannot work, in one line."""
     if not isinstance(act_space, gym.spaces.Box) or not np.isfinite(np.r_[act_space.low, act_space.high]).all():
-        fail(f"sac_continuous.py needs a bounded Box action space; {args.env_id} has {act_space}")
+        fail(f"needs a bounded Box action space; {args.env_id} has {act_space}")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        fail(f"sac_continuous.py needs flat Box observations; {args.env_id} has {obs_space}")
+        fail(f"needs flat Box observations; {args.env_id} has {obs_space}")
     for ok, msg in [
         (args.num_envs >= 1 and args.batch_size >= 1 and args.policy_frequency >= 1,
          "--num-envs, --batch-size and --policy-frequency must be >= 1"),
@@ -307,8 +307,7 @@ def check_args(args: Args, obs_space, act_space):
          f"--learning-starts {args.learning_starts} must lie in [0, --total-timesteps {args.total_timesteps})"),
         (args.buffer_size >= args.num_envs, "--buffer-size must be >= --num-envs"),
         (0 <= args.gamma <= 1 and 0 < args.tau <= 1, "--gamma must lie in [0, 1] and --tau in (0, 1]"),
-        (args.policy_lr > 0 and args.q_lr > 0 and args.alpha >= 0, "--policy-lr and --q-lr must be positive, "
-                                                                   "--alpha >= 0"),
+        (args.policy_lr > 0 and args.q_lr > 0 and args.alpha > 0, "--policy-lr, --q-lr and --alpha must be positive"),
         (args.eval_episodes >= 0, "--eval-episodes must be >= 0"),
     ]:  # fmt: skip
         if not ok:
@@ -327,11 +326,12 @@ def train(args: Args) -> dict:
     qf_target = copy.deepcopy(qf).requires_grad_(False)
     # fused=True: one kernel for all parameters of a group, several times faster steps on CPU
     q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, fused=True)
-    # α is learnt as log α, so it stays positive. L_π and J(α) share no parameter: one backward of their sum
-    # and one optimizer (a parameter group each) update both, as two separate ones would
+    # α is learnt as log α, so it stays positive. L_π and J(α) share no parameter, so one backward of their sum
+    # and one Adam with a parameter group each update both, as two optimizers would (without --autotune, log α
+    # gets no gradient and Adam leaves it alone)
     log_alpha = torch.tensor(0.0 if args.autotune else np.log(args.alpha), device=device, requires_grad=args.autotune)
-    groups = [{"params": actor.parameters()}] + [{"params": [log_alpha], "lr": args.q_lr}] * args.autotune
-    pi_optimizer = torch.optim.Adam(groups, lr=args.policy_lr, fused=True)
+    pi_optimizer = torch.optim.Adam([{"params": actor.parameters()}, {"params": [log_alpha], "lr": args.q_lr}],
+                                    lr=args.policy_lr, fused=True)  # fmt: skip
     alpha, target_entropy = log_alpha.exp().detach(), -float(act_dim)  # H̄ = −|A|
     rb = ReplayBuffer(args.buffer_size, obs_space.shape, act_space.shape, np.float32, device)
 

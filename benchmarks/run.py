@@ -37,8 +37,10 @@ from common import ROOT, code_state  # noqa: E402
 DISCRETE = ["reinforce.py", "a2c.py", "dqn.py", "ppo.py", "trpo.py"]
 CONTINUOUS = ["reinforce.py", "a2c.py", "ppo.py", "trpo.py", "ddpg.py", "sac_continuous.py"]
 OFF_POLICY = {"dqn.py", "ddpg.py", "sac_continuous.py"}
-# mujoco-short budgets: what this 2-core machine runs for 2 envs × 3 seeds in about an hour each
-MUJOCO_SHORT_STEPS = {"on-policy": 100_000, "off-policy": 30_000}
+# mujoco-short budgets: what this 2-core machine runs for 2 envs × 3 seeds in about an hour each. Off-policy runs
+# start learning after 5k random steps (ddpg.py's default 25k would leave it 5k learning steps).
+MUJOCO_SHORT_FLAGS = {"on-policy": "--total-timesteps 100000",
+                      "off-policy": "--total-timesteps 30000 --learning-starts 5000"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,15 @@ def variant(script: str, flags: str = "", label: str = "") -> tuple[str, tuple[s
     return script, tuple(shlex.split(flags)), f"{stem}-{label}" if label else stem
 
 
-def mujoco_short(script: str):
-    steps = MUJOCO_SHORT_STEPS["off-policy" if script in OFF_POLICY else "on-policy"]
-    return variant(script, f"--total-timesteps {steps}")
+def mujoco_short(script: str, sb3: bool = False):
+    """script at the mujoco-short budget; with sb3, its Stable-Baselines3 counterpart on the same settings."""
+    flags = MUJOCO_SHORT_FLAGS["off-policy" if script in OFF_POLICY else "on-policy"]
+    return sb3_counterpart(script, flags) if sb3 else variant(script, flags)
+
+
+def sb3_counterpart(script: str, flags: str = ""):
+    """benchmarks/sb3_run.py: SB3 / sb3-contrib with script's settings (plus flags), logged as sb3-{stem}."""
+    return "benchmarks/sb3_run.py", ("--script", script, *shlex.split(flags)), f"sb3-{Path(script).stem}"
 
 
 # name: (variants, env ids, number of seeds). Scripts not in the checkout yet are left out when a suite is expanded.
@@ -75,6 +83,10 @@ SUITES = {
     "mujoco-short": ([mujoco_short(s) for s in CONTINUOUS], ["InvertedPendulum-v5", "Hopper-v5"], 3),
     "reinforce-baselines": ([variant("reinforce.py", f"--baseline {b}", f"baseline-{b}")
                              for b in ("none", "mean", "value")] + [variant("a2c.py")], ["CartPole-v1"], 3),
+    # Stable-Baselines3 / sb3-contrib on our scripts' settings, to run into the same --out as the suite they extend
+    "classic-sb3": ([sb3_counterpart("trpo.py")], ["CartPole-v1"], 3),
+    "mujoco-sb3": ([mujoco_short(s, sb3=True) for s in ("trpo.py", "ddpg.py", "sac_continuous.py")],
+                   ["Hopper-v5"], 3),
     "dqn-double": ([variant("dqn.py", "--no-double", "single"), variant("dqn.py", "--double", "double")],
                    ["CartPole-v1", "Acrobot-v1"], 3),
     "grpo": ([variant("grpo_bandit.py", "--scale-rewards group", "group"),
