@@ -8,7 +8,8 @@ Every flag other than --script, --env-id, --seed, --exp-name, --log-dir and --no
 Args; the resolved settings are mapped onto SB3 exactly as throughput.py maps them (same networks, batch sizes,
 epochs, learning rates, torch threads). The run writes charts/episodic_return (every finished training episode),
 charts/SPS and eval/episodic_return (10 deterministic episodes at the end) to
-{log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}, and prints the eval line every script prints.
+{log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}, and prints the eval line every script prints. It imports
+throughput.py from beside it, so it runs on run.py's local backend, not as a Ray task.
 """
 
 import argparse

@@ -67,8 +67,13 @@ def test_benchmarks_suites_expand_to_present_scripts():
     assert len(runs) == len({r.name for r in runs}) == 2 * 3 * len(set(grid.DISCRETE) & present)
     for r in grid.expand(grid.Args(suite="mujoco-short", seeds=(7,), flags="--eval-episodes 3")):
         kind = "off-policy" if r.script in grid.OFF_POLICY else "on-policy"
-        assert r.flags == ("--total-timesteps", str(grid.MUJOCO_SHORT_STEPS[kind]), "--eval-episodes", "3")
-        assert r.seed == 7
+        assert r.flags == (*grid.MUJOCO_SHORT_FLAGS[kind].split(), "--eval-episodes", "3") and r.seed == 7
+    for r in grid.expand(grid.Args(suite="mujoco-sb3")):  # SB3 on the settings of the script it stands beside
+        script = r.flags[1]
+        kind = "off-policy" if script in grid.OFF_POLICY else "on-policy"
+        assert r.script == "benchmarks/sb3_run.py"
+        assert r.flags == ("--script", script, *grid.MUJOCO_SHORT_FLAGS[kind].split())
+        assert r.exp_name == "sb3-" + script.removesuffix(".py")
     if "grpo_bandit.py" in present:
         runs = grid.expand(grid.Args(suite="grpo"))
         assert len({r.exp_name for r in runs}) == 3 and {r.seed for r in runs} == {1, 2, 3, 4, 5}
@@ -135,6 +140,18 @@ def test_benchmarks_throughput_sb3_counterparts_accept_the_mapped_settings(scrip
     spec = throughput.COUNTERPARTS[script](a)
     model = throughput.sb3_model(spec, env_id, seed=1)
     assert model.n_envs == getattr(a, "num_envs", 1) and model.gamma == a.gamma
+
+
+def test_benchmarks_sb3_run_logs_like_our_scripts(tmp_path):
+    """An SB3 run through sb3_run.py, as run.py starts it, writes the tags report.py reads, at the budget asked."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sb3_run.py"), "--script", "ppo.py", "--env-id", "CartPole-v1",
+           "--seed", "1", "--log-dir", str(tmp_path), "--no-progress", *TINY.split()]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "eval/episodic_return" in proc.stdout, proc.stdout + proc.stderr
+    (run_dir,) = tmp_path.glob("CartPole-v1__sb3-ppo__1__*")
+    scalars = report.read_scalars(run_dir)
+    assert scalars["charts/episodic_return"] and 256 <= scalars["eval/episodic_return"][0][0] < 256 + 128
+    assert all(0 < v <= 500 for _, v in scalars["charts/episodic_return"])
 
 
 def test_benchmarks_throughput_ratios_are_medians_of_paired_rounds():

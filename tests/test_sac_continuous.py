@@ -194,11 +194,12 @@ def test_sac_smoke_hopper_saves_logs_and_evaluates_from_file(tmp_path):
     check_smoke("sac_continuous.py", ("losses/alpha_loss", "diagnostics/alpha", "diagnostics/entropy"), tmp_path)
 
 
+# Calibration, these settings at 20k steps: seeds 1-4 all evaluate to 1000; the training return first reaches 1000
+# between 14k and 16k steps (`python sac_continuous.py --env-id InvertedPendulum-v5 --seed S` plus these flags).
 @pytest.mark.regression
-@pytest.mark.skip(reason="not calibrated yet: these settings missed 900 on seeds 1 and 2 in a clean checkout (issue 5)")
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sac_balances_inverted_pendulum(seed, tmp_path):
-    argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "10000",
+    argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "20000",
             "--learning-starts", "1000", "--hidden", "64", "--batch-size", "64", "--threads", "1",
             "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
     assert train_cli("sac_continuous.py", argv)["eval_return"] >= 900
