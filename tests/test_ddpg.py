@@ -55,11 +55,16 @@ def test_ddpg_smoke_hopper_saves_logs_and_evaluates_from_file(tmp_path):
     check_smoke("ddpg.py", (), tmp_path)
 
 
+# Calibration, these settings on Pendulum-v1 at 20k steps: seeds 1-4 evaluate to -135, -121, -135 and -118 (a random
+# policy scores about -1200). On InvertedPendulum-v5 the same DDPG, over seven settings (learning rate 3e-4 and 1e-3,
+# σ 0.1 to 0.5, d = 1 and 2, γ 0.98, 64- and 256-wide nets, DDPG-paper final-layer init) and up to 30k steps, stays
+# at returns of 40-135: it balances the pole while the cart drifts into the end of the rail, the local optimum
+# deterministic exploration rarely leaves (CleanRL's DDPG: 685 ± 94 there after 1M steps). SAC solves it (see
+# test_sac_continuous.py), so the InvertedPendulum check is SAC's and DDPG's is the swing-up.
 @pytest.mark.regression
-@pytest.mark.skip(reason="not calibrated yet: these settings missed 900 on seeds 1 and 2 in a clean checkout (issue 5)")
 @pytest.mark.parametrize("seed", [1, 2])
-def test_ddpg_balances_inverted_pendulum(seed, tmp_path):
-    argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "10000",
+def test_ddpg_swings_up_pendulum(seed, tmp_path):
+    argv = ["--env-id", "Pendulum-v1", "--seed", str(seed), "--total-timesteps", "20000",
             "--learning-starts", "1000", "--hidden", "64", "--batch-size", "64", "--threads", "1",
             "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
-    assert train_cli("ddpg.py", argv)["eval_return"] >= 900
+    assert train_cli("ddpg.py", argv)["eval_return"] >= -200
