@@ -262,13 +262,13 @@ class Agent(nn.Module):
     def value(self, obs):
         return self.critic(obs).squeeze(-1)
 
-    def logp_entropy(self, obs, actions):
-        """log π_θ(a|s) and H(π_θ(·|s)) for a batch."""
+    def logp_entropy(self, obs, actions, with_entropy: bool = True):
+        """log π_θ(a|s) and H(π_θ(·|s)) for a batch; H is None without with_entropy (no bonus, no graph for it)."""
         out = self.actor(obs)
         if self.discrete:
-            return categorical_logp(out, actions), categorical_entropy(out)
+            return categorical_logp(out, actions), categorical_entropy(out) if with_entropy else None
         log_std = self.log_std.expand_as(out)
-        return gaussian_logp(out, log_std, actions), gaussian_entropy(log_std)
+        return gaussian_logp(out, log_std, actions), gaussian_entropy(log_std) if with_entropy else None
 
     def sample(self, obs):
         """a ~ π_θ(·|s) and log π_θ(a|s)."""
@@ -419,11 +419,14 @@ def train(args: Args) -> dict:
 
         # ---- K epochs of minibatch gradient steps ----
         for epoch in range(args.update_epochs):
-            perm, new_logps = torch.randperm(batch_size, device=device), []
-            for mb in perm.split(batch_size // args.num_minibatches):
-                logp, entropy = agent.logp_entropy(b_obs[mb], b_act[mb])
+            # shuffled minibatches; a single one is the whole batch, whose order does not matter (no copies)
+            order = torch.randperm(batch_size, device=device) if args.num_minibatches > 1 else slice(None)
+            minibatches = order.split(batch_size // args.num_minibatches) if args.num_minibatches > 1 else [order]
+            new_logps = []
+            for mb in minibatches:
+                logp, entropy = agent.logp_entropy(b_obs[mb], b_act[mb], with_entropy=args.ent_coef != 0)
                 adv = b_adv[mb]
-                if args.norm_adv and len(mb) > 1:
+                if args.norm_adv and len(adv) > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 if args.loss == "clip":
                     pg_loss = clipped_surrogate_loss(logp, b_logp[mb], adv, args.clip_eps)
@@ -439,16 +442,19 @@ def train(args: Args) -> dict:
                 nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
                 optimizer.step()
                 new_logps.append(logp.detach())
-            # log π_θ during this epoch against log π_old, over the whole batch
-            logp_new, logp_old = torch.cat(new_logps), b_logp[perm]
-            kl = approx_kl(logp_new, logp_old).item()
-            if args.target_kl is not None and kl > args.target_kl:
-                break  # π_θ has moved far enough from π_old for this batch
+            if args.target_kl is not None or epoch == args.update_epochs - 1:  # only when it is read
+                # log π_θ during this epoch against log π_old, over the whole batch
+                logp_new, logp_old = torch.cat(new_logps), b_logp[order]
+                kl = approx_kl(logp_new, logp_old).item()
+                if args.target_kl is not None and kl > args.target_kl:
+                    break  # π_θ has moved far enough from π_old for this batch
 
         if args.loss == "kl":  # adaptive β (Schulman et al. 2017, section 4)
             beta = beta / 2 if kl < args.kl_target / 1.5 else beta * 2 if kl > args.kl_target * 1.5 else beta
             writer.add_scalar("diagnostics/kl_beta", beta, global_step)
         clipfrac = ((logp_new - logp_old).exp() - 1.0).abs().gt(args.clip_eps).float().mean().item()
+        with torch.no_grad():  # H(π_θ(·|s)) of the updated policy over the batch, a diagnostic
+            entropy = agent.logp_entropy(b_obs, b_act)[1]
         for tag, value in [("charts/learning_rate", lr_now), ("losses/policy_loss", pg_loss.item()),
                            ("losses/value_loss", v_loss.item()), ("diagnostics/entropy", entropy.mean().item()),
                            ("diagnostics/approx_kl", kl), ("diagnostics/clipfrac", clipfrac),
