@@ -349,7 +349,9 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
         if values is not None:
             writer.add_scalar("losses/value_loss", (loss - pg_loss).item(), global_step)
-        writer.add_scalar("diagnostics/weights_std", weights[alive].std().item(), global_step)
+        # RMS of Ψ_t = G_t − b(s_t): the scale of each term of the gradient estimate, which a baseline shrinks
+        # (a std would not show it: subtracting the batch mean leaves the std of G_t unchanged)
+        writer.add_scalar("diagnostics/weights_rms", weights[alive].square().mean().sqrt().item(), global_step)
         writer.add_scalar("charts/SPS", global_step / (time.time() - start), global_step)
     envs.close()
     result = {"run_dir": run_dir, "steps": global_step, "sps": global_step / (time.time() - start)}

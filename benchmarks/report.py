@@ -184,12 +184,12 @@ def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optiona
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for script, runs in groups.items():
+    for i, (script, runs) in enumerate(sorted(groups.items())):
         curves = [smoothed(r.scalars[tag], window) for r in runs if r.scalars.get(tag)]
-        if curves:
+        if curves:  # colour by the script's place among all of the env's scripts: the same in every plot
             grid, mean, std = band(curves)
-            ax.plot(grid, mean, label=f"{script} ({len(curves)} seeds)")
-            ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+            ax.plot(grid, mean, color=f"C{i % 10}", label=f"{script} ({len(curves)} seeds)")
+            ax.fill_between(grid, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2)
     if threshold is not None and tag == threshold_tag:
         ax.axhline(threshold, color="grey", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set(title=env, xlabel="environment steps", ylabel=tag + (f" (trailing mean of {window})" if window > 1 else ""))

@@ -194,7 +194,7 @@ def test_reinforce_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     result = train_cli("reinforce.py", argv)
     check_saved_run("reinforce.py", result, env_id, tmp_path)
     tags = read_scalars(result["run_dir"])
-    assert "losses/policy_loss" in tags and "diagnostics/weights_std" in tags
+    assert "losses/policy_loss" in tags and "diagnostics/weights_rms" in tags
     assert ("losses/value_loss" in tags) == (env_id == "InvertedPendulum-v5")  # only the learned baseline has one
 
 
