@@ -63,6 +63,7 @@ class Args:
     weight_by_gamma_t: bool = False  # "option 2": weight step t by γ^t as well (the exact discounted gradient)
     normalize_returns: bool = False  # divide G_t − b(s_t) by its std in each batch (the scale only, not the mean)
     hidden: int = 64  # width of the two hidden layers of the policy and of V_w
+    vf_iters: int = 10  # gradient steps of V_w on each batch's G_t (--baseline value): with one, V_w lags far behind
 
 
 # Defaults that differ by action space, as (Discrete, Box); used where the user did not set the field.
@@ -299,7 +300,7 @@ def check_args(args: Args, obs_space, act_space):
     for ok, msg in [
         (args.num_envs >= 1 and args.total_timesteps >= 1, "--num-envs and --total-timesteps must be >= 1"),
         (0 <= args.gamma <= 1, "--gamma must lie in [0, 1]"),
-        (args.learning_rate > 0, "--learning-rate must be positive"),
+        (args.learning_rate > 0 and args.vf_iters >= 1, "--learning-rate must be positive and --vf-iters >= 1"),
         (args.eval_episodes >= 0, "--eval-episodes must be >= 0"),
     ]:  # fmt: skip
         if not ok:
@@ -345,6 +346,10 @@ def train(args: Args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        for _ in range(args.vf_iters - 1 if values is not None else 0):  # further regression steps of V_w alone
+            optimizer.zero_grad(set_to_none=True)
+            value_loss(agent.value(obs), returns, alive).backward()
+            optimizer.step()
 
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
         if values is not None:
