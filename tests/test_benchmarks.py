@@ -68,12 +68,16 @@ def test_benchmarks_suites_expand_to_present_scripts():
     for r in grid.expand(grid.Args(suite="mujoco-short", seeds=(7,), flags="--eval-episodes 3")):
         kind = "off-policy" if r.script in grid.OFF_POLICY else "on-policy"
         assert r.flags == (*grid.MUJOCO_SHORT_FLAGS[kind].split(), "--eval-episodes", "3") and r.seed == 7
-    for r in grid.expand(grid.Args(suite="mujoco-sb3")):  # SB3 on the settings of the script it stands beside
-        script = r.flags[1]
-        kind = "off-policy" if script in grid.OFF_POLICY else "on-policy"
-        assert r.script == "benchmarks/sb3_run.py"
-        assert r.flags == ("--script", script, *grid.MUJOCO_SHORT_FLAGS[kind].split())
-        assert r.exp_name == "sb3-" + script.removesuffix(".py")
+    for suite in ("mujoco-sb3", "halfcheetah-offpolicy"):  # each script beside SB3 on the same settings and seeds
+        runs = grid.expand(grid.Args(suite=suite))
+        ours = {(r.script, r.env_id, r.seed): r.flags for r in runs if r.script != "benchmarks/sb3_run.py"}
+        sb3 = {(r.flags[1], r.env_id, r.seed): r.flags[2:] for r in runs if r.script == "benchmarks/sb3_run.py"}
+        assert ours == sb3 and len(runs) == 2 * len(ours)
+        for (script, _, _), flags in ours.items():
+            kind = "off-policy" if script in grid.OFF_POLICY else "on-policy"
+            assert flags == tuple(grid.MUJOCO_SHORT_FLAGS[kind].split())
+        assert {r.exp_name for r in runs if r.script == "benchmarks/sb3_run.py"} == {
+            "sb3-" + s.removesuffix(".py") for s, _, _ in ours}
     if "grpo_bandit.py" in present:
         runs = grid.expand(grid.Args(suite="grpo"))
         assert len({r.exp_name for r in runs}) == 3 and {r.seed for r in runs} == {1, 2, 3, 4, 5}
