@@ -229,7 +229,8 @@ def categorical_kl(logits_old, logits):
 
 
 def gaussian_kl(mean_old, log_std_old, mean, log_std):
-    # KL(N(μ_0, σ_0²) ‖ N(μ, σ²)) = Σ_i [log σ/σ_0 + (σ_0² + (μ_0 − μ)²) / (2σ²) − ½]
+    # KL(N(μ_0, σ_0²) ‖ N(μ, σ²)) = Σ_i [log σ/σ_0 + (σ_0² + (μ_0 − μ)²) / (2σ²) − ½], the sum over the action
+    # dimensions: the KL of the joint policy that δ bounds (sb3-contrib's TRPO takes their mean, a δ |A| times looser)
     var_old, var = (2 * log_std_old).exp(), (2 * log_std).exp()
     return (log_std - log_std_old + (var_old + (mean_old - mean) ** 2) / (2 * var) - 0.5).sum(-1)
 

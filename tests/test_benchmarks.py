@@ -70,9 +70,9 @@ def test_benchmarks_suites_expand_to_present_scripts():
         assert r.flags == (*grid.MUJOCO_SHORT_FLAGS[kind].split(), "--eval-episodes", "3") and r.seed == 7
     for suite in ("mujoco-sb3", "halfcheetah-offpolicy"):  # each script beside SB3 on the same settings and seeds
         runs = grid.expand(grid.Args(suite=suite))
-        ours = {(r.script, r.env_id, r.seed): r.flags for r in runs if r.script != "benchmarks/sb3_run.py"}
+        ours = {(r.script, r.env_id, r.seed): r.flags for r in runs if r.exp_name == r.script.removesuffix(".py")}
         sb3 = {(r.flags[1], r.env_id, r.seed): r.flags[2:] for r in runs if r.script == "benchmarks/sb3_run.py"}
-        assert ours == sb3 and len(runs) == 2 * len(ours)
+        assert ours == sb3
         for (script, _, _), flags in ours.items():
             kind = "off-policy" if script in grid.OFF_POLICY else "on-policy"
             assert flags == tuple(grid.MUJOCO_SHORT_FLAGS[kind].split())
@@ -144,6 +144,45 @@ def test_benchmarks_throughput_sb3_counterparts_accept_the_mapped_settings(scrip
     spec = throughput.COUNTERPARTS[script](a)
     model = throughput.sb3_model(spec, env_id, seed=1)
     assert model.n_envs == getattr(a, "num_envs", 1) and model.gamma == a.gamma
+
+
+def test_benchmarks_sb3_trpo_takes_trpo_py_step_on_the_same_batch():
+    """sb3-contrib's KL of a diagonal Gaussian is the mean over action dimensions, ours the sum: with target_kl and
+    cg_damping divided by |A| (the mapping), its natural-gradient step from the same θ_old on the same batch is ours."""
+    import torch
+    from stable_baselines3.common.logger import Logger
+
+    trpo = load("trpo.py")
+    a = throughput.resolved_args("trpo.py", "Hopper-v5", ())
+    model = throughput.sb3_model(throughput.sb3_trpo(a), "Hopper-v5", seed=1)
+    sb3, buf = model.policy, model.rollout_buffer
+    ours = trpo.Policy(11, model.action_space, a.hidden)
+    pairs = [(ours.net[0], sb3.mlp_extractor.policy_net[0]), (ours.net[2], sb3.mlp_extractor.policy_net[2]),
+             (ours.net[4], sb3.action_net)]  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for mine, theirs in pairs:
+            mine.weight.copy_(theirs.weight), mine.bias.copy_(theirs.bias)
+        sb3.log_std.copy_(torch.randn(3) * 0.3), ours.log_std.copy_(sb3.log_std)
+        obs, adv = torch.randn(buf.buffer_size * buf.n_envs, 11), torch.randn(buf.buffer_size * buf.n_envs)
+        act = ours.sample(ours(obs))
+        for name, x in [("observations", obs), ("actions", act), ("advantages", adv), ("returns", adv),
+                        ("values", adv), ("log_probs", trpo.gaussian_logp(*ours(obs), act))]:  # fmt: skip
+            getattr(buf, name)[:] = x.reshape(getattr(buf, name).shape).numpy()
+    buf.full, buf.generator_ready = True, False
+
+    def flat(layers, log_std):  # one side's actor parameters as a vector, in the same order on both sides
+        return torch.cat([x.detach().reshape(-1) for m in layers for x in (m.weight, m.bias)] + [log_std.detach()])
+
+    sides = [([m for m, _ in pairs], ours.log_std), ([m for _, m in pairs], sb3.log_std)]
+    theta_old = flat(*sides[0])
+    model.set_logger(Logger(None, []))
+    model.train()  # one trust-region step of the actor (then its critic regression)
+    stats = trpo.trpo_update(ours, obs, act, (adv - adv.mean()) / (adv.std() + 1e-8), a.target_kl, a.cg_damping,
+                             a.cg_iters, a.cg_tol, a.backtrack_coef, a.backtrack_iters)  # fmt: skip
+    assert stats["line_search_accepted"] == 1.0 and 0 < stats["kl"] <= a.target_kl
+    step = [flat(*side) - theta_old for side in sides]
+    torch.testing.assert_close(step[1], step[0], rtol=0, atol=1e-3 * step[0].abs().max().item())
 
 
 def test_benchmarks_sb3_run_logs_like_our_scripts(tmp_path):
