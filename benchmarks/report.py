@@ -60,6 +60,11 @@ PUBLISHED = {
                              CLEANRL + "ddpg/#experiment-results")],
     ("ddpg", "InvertedPendulum-v5"): [(CLEANRL_NOTE + ", InvertedPendulum-v2", "684.61 ± 94.41", "1M",
                                        CLEANRL + "ddpg/#experiment-results")],
+    ("sac_continuous", "HalfCheetah-v5"): [("CleanRL, training episodic return, HalfCheetah-v2", "9634.89 ± 1423.73",
+                                            "1M", CLEANRL + "sac/#experiment-results"),
+                                           (RL_ZOO_NOTE + ", HalfCheetah-v3", "9535.45 ± 100.47", "1M", RL_ZOO)],
+    ("ddpg", "HalfCheetah-v5"): [(CLEANRL_NOTE + ", HalfCheetah-v2", "10210.57 ± 196.22", "1M",
+                                  CLEANRL + "ddpg/#experiment-results")],
 }  # fmt: skip
 
 
