@@ -63,14 +63,15 @@ def code_state() -> str:
     return f"commit {commit.stdout.strip()}" + (f" with uncommitted changes to {', '.join(files)}" if files else "")
 
 
-def header(title: str, seeds: str, argv: list[str] | None = None) -> str:
-    """The top of every results file: what was run, with which software, on which machine, with how many seeds."""
+def header(title: str, seeds: str, argv: list[str] | None = None, code: str | None = None) -> str:
+    """The top of every results file: what was run, with which software, on which machine, with how many seeds.
+    code: code_state() taken when the measurement started (default: now)."""
     argv = sys.argv if argv is None else argv
     command = "python " + shlex.join([os.path.relpath(argv[0], ROOT) if argv[0].endswith(".py") else argv[0]]
                                      + list(argv[1:]))  # fmt: skip
     return (f"# {title}\n\n"
             f"- Command: `{command}`\n"
-            f"- Code: {code_state()}\n"
+            f"- Code: {code or code_state()}\n"
             f"- Versions: {versions()}\n"
             f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}\n"
             f"- Seeds: {seeds}\n")  # fmt: skip

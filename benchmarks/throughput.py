@@ -28,7 +28,7 @@ from typing import Optional
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, env_threshold, header  # noqa: E402
+from common import ROOT, code_state, env_threshold, header  # noqa: E402
 
 # Script -> (env id, extra flags) measured by default. Off-policy runs: 5k random steps, then 10k learning steps.
 PLAN = {
@@ -283,7 +283,7 @@ def measure(args: Args) -> list[dict]:
     return plans
 
 
-def markdown(plans: list[dict], args: Args) -> str:
+def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
     speed = ["| script | env | steps | SB3 | ours steps/s | SB3 steps/s | ours ÷ SB3 | ours steps/CPU-s "
              "| SB3 steps/CPU-s | ours ÷ SB3 (CPU) | env-only steps/CPU-s | ours ÷ env-only (CPU) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -332,7 +332,7 @@ def markdown(plans: list[dict], args: Args) -> str:
     return "\n".join([
         header("Throughput: our scripts vs Stable-Baselines3 and the env-only limit",
                f"{args.repeats} round(s), seeds {', '.join(str(args.seed + r) for r in range(args.repeats))} "
-               "(one training run per side per round)"),
+               "(one training run per side per round)", code=code),
         "Each round runs, per script, our script's `train()`, SB3 with the same settings and the env alone, each "
         "in a fresh process, in an order that rotates from round to round. Ratios are taken within a round, then "
         "the median over rounds; other figures are medians. Steps/s: environment steps over the time of set-up "
@@ -351,8 +351,9 @@ def markdown(plans: list[dict], args: Args) -> str:
 
 
 def main(args: Args) -> str:
+    code = code_state()  # the code measured: the checkout may move on during a long measurement
     plans = measure(args)
-    text = markdown(plans, args)
+    text = markdown(plans, args, code)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
