@@ -47,7 +47,8 @@ def main() -> None:
     run_dir = os.path.join(known.log_dir, f"{known.env_id}__{exp_name}__{known.seed}__{int(time.time())}")
     writer = SummaryWriter(run_dir)
     writer.add_text("settings", f"SB3 `{spec['algo']}`, n_envs={spec['n_envs']}, normalize={spec['normalize']}, "
-                                f"{spec['kwargs']}", 0)  # fmt: skip
+                                f"{spec['kwargs']}, critics' and α's learning rate {spec.get('q_lr', '(the same)')}",
+                    0)  # fmt: skip
 
     class Log(BaseCallback):
         """charts/episodic_return from the Monitor wrapper's info["episode"], charts/SPS every 1,000 steps."""

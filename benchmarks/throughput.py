@@ -99,13 +99,14 @@ def sb3_dqn(a) -> dict:
 
 
 def sb3_sac(a) -> dict:
-    # SB3 has one learning rate for actor, critics and α (ours: policy_lr for the actor, q_lr for the others), and
-    # updates the actor every step where ours does `policy_frequency` updates every `policy_frequency` steps.
+    # SB3 has one learning rate for actor, critics and α; sb3_model gives its critics and α ours (q_lr, beside
+    # policy_lr for the actor). SB3 updates the actor every step where ours does `policy_frequency` updates every
+    # `policy_frequency` steps: the same number.
     kwargs = dict(learning_rate=a.policy_lr, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
                   batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=1, gradient_steps=1,
                   ent_coef="auto" if a.autotune else a.alpha,
                   policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"})  # fmt: skip
-    return dict(algo="SAC", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
+    return dict(algo="SAC", kwargs=kwargs, n_envs=a.num_envs, normalize=False, q_lr=a.q_lr)
 
 
 def sb3_ddpg(a) -> dict:
@@ -185,7 +186,17 @@ def sb3_model(spec: dict, env_id: str, seed: int):
         kwargs["action_noise"] = NormalActionNoise(0 * half_range, kwargs["action_noise"][1] * half_range)
     if spec["normalize"]:
         env = VecNormalize(env, gamma=kwargs["gamma"])
-    return algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    if "q_lr" in spec:
+        # SB3 sets its one learning rate on every optimizer before each update; the actor keeps it, the critics
+        # and α get q_lr, as in ours
+        def set_lrs(optimizers):
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = kwargs["learning_rate"] if opt is model.actor.optimizer else spec["q_lr"]
+
+        model._update_learning_rate = set_lrs
+    return model
 
 
 def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int, threads: int) -> dict:
@@ -328,6 +339,7 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
                           f"| {b['eval']:.1f} |")  # fmt: skip
     settings = "\n".join(f"- `{p['script']}` {' '.join(p['flags'])} ↔ SB3 `{p['sb3']['algo']}`, "
                          f"n_envs={p['sb3']['n_envs']}, normalize={p['sb3']['normalize']}, {p['sb3']['kwargs']}"
+                         + (f", critics' and α's learning rate {p['sb3']['q_lr']}" if "q_lr" in p["sb3"] else "")
                          for p in plans if p["sb3"])  # fmt: skip
     return "\n".join([
         header("Throughput: our scripts vs Stable-Baselines3 and the env-only limit",

@@ -144,6 +144,10 @@ def test_benchmarks_throughput_sb3_counterparts_accept_the_mapped_settings(scrip
     spec = throughput.COUNTERPARTS[script](a)
     model = throughput.sb3_model(spec, env_id, seed=1)
     assert model.n_envs == getattr(a, "num_envs", 1) and model.gamma == a.gamma
+    if script == "sac_continuous.py":  # SB3 has one learning rate; the critics and α get ours (q_lr) all the same
+        optimizers = [model.actor.optimizer, model.critic.optimizer, model.ent_coef_optimizer]
+        model._update_learning_rate(optimizers)
+        assert [o.param_groups[0]["lr"] for o in optimizers] == [a.policy_lr, a.q_lr, a.q_lr] != [a.q_lr] * 3
 
 
 def test_benchmarks_sb3_trpo_takes_trpo_py_step_on_the_same_batch():
