@@ -42,7 +42,7 @@ class Args:
     seed: int = 1  # seed of random, numpy, torch and the environments
     torch_deterministic: bool = True  # set torch.backends.cudnn.deterministic
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
-    threads: int = 1  # torch CPU threads (2 helps 256-wide nets on idle cores, crawls on busy ones); 0: torch's default
+    threads: int = 1  # torch CPU threads (1 suits parallel runs; 2 on idle cores speed up 256-wide nets); 0: default
     env_id: str = "Hopper-v5"  # gymnasium environment id
     total_timesteps: int = 1_000_000  # environment steps to train for
     num_envs: int = 1  # N: parallel environments (one gradient step per N env steps)
