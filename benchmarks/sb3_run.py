@@ -46,9 +46,9 @@ def main() -> None:
     exp_name = known.exp_name or f"sb3-{known.script.removesuffix('.py')}"
     run_dir = os.path.join(known.log_dir, f"{known.env_id}__{exp_name}__{known.seed}__{int(time.time())}")
     writer = SummaryWriter(run_dir)
+    q_lr = f", critics' and α's learning rate {spec['q_lr']}" if "q_lr" in spec else ""
     writer.add_text("settings", f"SB3 `{spec['algo']}`, n_envs={spec['n_envs']}, normalize={spec['normalize']}, "
-                                f"{spec['kwargs']}, critics' and α's learning rate {spec.get('q_lr', '(the same)')}",
-                    0)  # fmt: skip
+                                f"{spec['kwargs']}{q_lr}", 0)  # fmt: skip
 
     class Log(BaseCallback):
         """charts/episodic_return from the Monitor wrapper's info["episode"], charts/SPS every 1,000 steps."""

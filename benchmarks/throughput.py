@@ -75,8 +75,9 @@ def sb3_trpo(a) -> dict:
     # sb3-contrib's KL of a diagonal Gaussian is the mean over the |A| action dimensions, ours (and the paper's,
     # Spinning Up's) their sum: its KL, Fisher matrix and hence damping are ours / |A|, so the same step needs
     # target_kl / |A| and cg_damping / |A| there (Box envs; with ours unscaled it steps ~√|A| farther)
-    space = gym.make(a.env_id).action_space
-    k = space.shape[0] if isinstance(space, gym.spaces.Box) else 1
+    env = gym.make(a.env_id)
+    k = env.action_space.shape[0] if isinstance(env.action_space, gym.spaces.Box) else 1
+    env.close()
     kwargs = dict(n_steps=a.num_steps, batch_size=a.num_envs * a.num_steps // a.vf_minibatches,
                   learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda, target_kl=a.target_kl / k,
                   cg_max_steps=a.cg_iters, cg_damping=a.cg_damping / k, line_search_shrinking_factor=a.backtrack_coef,
