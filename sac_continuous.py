@@ -45,7 +45,7 @@ class Args:
     seed: int = 1  # seed of random, numpy, torch and the environments
     torch_deterministic: bool = True  # set torch.backends.cudnn.deterministic
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
-    threads: int = 1  # torch CPU threads; 2 ran SAC 1.4× faster on an idle 2-core VM; 0: torch's default
+    threads: int = 2  # torch CPU threads; 2 ran SAC's 256-wide updates 1.5× faster than 1 on 2 idle cores; 0: default
     env_id: str = "Hopper-v5"  # gymnasium environment id
     total_timesteps: int = 1_000_000  # environment steps to train for
     num_envs: int = 1  # N: parallel environments (one gradient step per N env steps)
@@ -202,16 +202,13 @@ def scale_action(a, low, high):
     return low + (a + 1.0) * 0.5 * (high - low)
 
 
-def gaussian_logp(mean, log_std, actions):
-    # log N(a; μ, σ²), summed over the independent action dimensions
-    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-
-
-def tanh_gaussian_logp(mean, log_std, u):
-    """log π(a|s) of a = tanh(u), u ~ N(μ, σ²), by the change of variables: log N(u) − Σ_i log(1 − tanh²(u_i)).
-    1 − tanh²(u) rounds to 0 for |u| ≳ 9 in float32 (log → −inf), so use the identity
-    log(1 − tanh²(u)) = 2 (log 2 − u − softplus(−2u)), which is exact and finite for every u."""
-    return gaussian_logp(mean, log_std, u) - (2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+def tanh_gaussian_logp(xi, log_std, u):
+    """log π(a|s) of a = tanh(u), u = μ + σ ⊙ ξ ~ N(μ, σ²), by the change of variables: log N(u) − Σ_i log(1 −
+    tanh²(u_i)). Since (u − μ)/σ = ξ, log N(u; μ, σ²) = Σ_i (−ξ_i²/2 − log σ_i − log(2π)/2). 1 − tanh²(u) rounds to
+    0 for |u| ≳ 9 in float32 (log → −inf), so use the identity log(1 − tanh²(u)) = 2 (log 2 − u − softplus(−2u)),
+    which is exact and finite for every u."""
+    log_normal = (-0.5 * xi**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+    return log_normal - (2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
 
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # bounds on log σ, so that σ neither collapses nor explodes
@@ -234,12 +231,13 @@ class Actor(nn.Module):
         # squash log σ smoothly into [LOG_STD_MIN, LOG_STD_MAX] (a clamp would stop its gradient at the edges)
         return mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
 
-    def sample(self, obs):
-        """ã ~ π_θ(·|s) in (−1, 1)^|A| and log π_θ(ã|s)."""
+    def sample(self, obs, with_logp: bool = True):
+        """ã ~ π_θ(·|s) in (−1, 1)^|A| and log π_θ(ã|s) (None if not with_logp: acting needs no log-prob)."""
         mean, log_std = self(obs)
         # reparameterisation: u = μ + σ ⊙ ξ with ξ ~ N(0, I) drawn outside the graph, so ∇_θ flows through ã
-        u = mean + log_std.exp() * torch.randn_like(mean)
-        return torch.tanh(u), tanh_gaussian_logp(mean, log_std, u)
+        xi = torch.randn_like(mean)
+        u = mean + log_std.exp() * xi
+        return torch.tanh(u), tanh_gaussian_logp(xi, log_std, u) if with_logp else None
 
     @torch.inference_mode()
     def act(self, raw_obs: np.ndarray) -> np.ndarray:
@@ -257,20 +255,23 @@ def stacked_linear(n_in: int, n_out: int):
 
 class TwinQ(nn.Module):
     """Q_1(s, a) and Q_2(s, a): two independent MLPs whose weights are stacked on a leading axis of size 2, so
-    each layer of both critics is one batched matmul (baddbmm) rather than two networks' separate passes."""
+    each hidden layer of both critics is one batched matmul (baddbmm) rather than two networks' separate passes."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int):
         super().__init__()
         self.w1, self.b1 = stacked_linear(obs_dim + act_dim, hidden)
         self.w2, self.b2 = stacked_linear(hidden, hidden)
-        self.w3, self.b3 = stacked_linear(hidden, 1)
+        w3, b3 = stacked_linear(hidden, 1)  # the output unit's weights as rows (2, 1, hidden), its biases (2, 1)
+        self.w3, self.b3 = nn.Parameter(w3.detach().mT.contiguous()), nn.Parameter(b3.detach().squeeze(-1))
 
     def forward(self, obs, actions):
         """(Q_1(s, a), Q_2(s, a)) for a batch, shape (2, B)."""
         x = torch.cat([obs, actions], dim=-1).expand(2, -1, -1)  # both critics see the same input, (2, B, in)
         x = torch.baddbmm(self.b1, x, self.w1).relu_()  # in place: one pass less over a (2, B, hidden) tensor
         x = torch.baddbmm(self.b2, x, self.w2).relu_()
-        return torch.baddbmm(self.b3, x, self.w3).squeeze(-1)  # linear output: Q-values are unbounded
+        # linear output, Q-values are unbounded: Q_j = x_j · w_j + b_j as a product and a sum, which runs several
+        # times faster on CPU than a batched matmul with a single output column
+        return (x * self.w3).sum(-1) + self.b3
 
 
 def soft_td_target(rewards, terminations, next_q, next_logp, alpha, gamma: float):
@@ -345,7 +346,7 @@ def train(args: Args) -> dict:
             actions = np.random.uniform(-1.0, 1.0, (N, act_dim)).astype(np.float32)
         else:
             with torch.no_grad():
-                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))[0].cpu().numpy()
+                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device), False)[0].cpu().numpy()
         next_obs, rewards, terminations, truncations, info = envs.step(scale_action(actions, act_space.low,
                                                                                     act_space.high))
         # store the true s' of ended episodes, and only `terminated`: a truncated one still bootstraps from s'

@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -132,6 +132,15 @@ def expand(args: Args) -> list[Run]:
             for env_id in env_ids for script, flags, exp_name in variants for seed in seeds]  # fmt: skip
 
 
+def share_cores(runs: list[Run], args: Args) -> list[Run]:
+    """--threads 1 for every run whose flags don't set it, when each run has one core: a Ray task (one CPU) or
+    --workers ≥ cores. sac_continuous.py and ddpg.py default to 2 threads, and oversubscribed cores slow every run."""
+    if args.backend == "local" and args.workers < (os.cpu_count() or 1):
+        return runs
+    return [r if any(f.startswith("--threads") for f in r.flags) else replace(r, flags=(*r.flags, "--threads", "1"))
+            for r in runs]  # fmt: skip
+
+
 def is_done(run_dir: Path) -> bool:
     try:
         return json.loads((run_dir / "run.json").read_text())["returncode"] == 0
@@ -221,7 +230,7 @@ def run_ray(todo: list[Run], args: Args, out: Path):
 def main(args: Args) -> int:
     """Run the grid; return the number of failed runs."""
     out = Path(args.out).resolve()
-    runs = expand(args)
+    runs = share_cores(expand(args), args)
     missing = sorted({r.script for r in runs if not (ROOT / r.script).exists()})
     if missing:
         print(f"error: benchmarks/run.py: no such script: {', '.join(missing)}", file=sys.stderr)

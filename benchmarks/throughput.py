@@ -145,24 +145,48 @@ def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
     return a
 
 
+def stamp_first_call(owner, name: str, stamps: dict):
+    """Wrap owner.name to record the wall and CPU clocks at its first call in stamps["learn"]: on a replay
+    buffer's `sample`, the first minibatch, where an off-policy run's learning phase begins."""
+    fn = getattr(owner, name)
+
+    def wrapped(*a, **k):
+        stamps.setdefault("learn", (time.time(), time.process_time()))
+        return fn(*a, **k)
+
+    setattr(owner, name, wrapped)
+
+
+def learning_rates(steps: int, learning_starts, stamps: dict, end: tuple) -> dict:
+    """Steps/s of the learning phase (after learning_starts, from the first minibatch to the end), wall and CPU."""
+    if learning_starts is None or "learn" not in stamps:
+        return {}
+    (wall, cpu), n = stamps["learn"], steps - learning_starts
+    return {"learn_sps": n / (end[0] - wall), "learn_cpu_sps": n / (end[1] - cpu), "learn_steps": n}
+
+
 # ---- the three measurements, each in a fresh spawned process. On a shared machine the wall clock measures the
 # other tenants as much as the code, so each also reports CPU seconds (time.process_time), which they barely move.
 def ours_child(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval_episodes: int) -> dict:
     """train() of the unmodified script, as its main would call it; the saved model is then evaluated (untimed)
     through the script's own --eval-model path."""
-    module = load_script(script)
+    module, stamps = load_script(script), {}
+    if hasattr(module, "ReplayBuffer"):
+        stamp_first_call(module.ReplayBuffer, "sample", stamps)
     with tempfile.TemporaryDirectory() as tmp:
         a = tyro.cli(module.Args, args=["--env-id", env_id, "--seed", str(seed), "--log-dir", tmp, "--exp-name",
                                         "throughput", "--no-progress", *flags, "--eval-episodes", "0",
                                         "--save-model"])  # fmt: skip
         wall, cpu = time.time(), time.process_time()
         result = module.train(a)
-        wall, cpu = time.time() - wall, time.process_time() - cpu
+        end = time.time(), time.process_time()
+        wall, cpu = end[0] - wall, end[1] - cpu
+        learning = learning_rates(result["steps"], getattr(a, "learning_starts", None), stamps, end)
         evaluation = float("nan")
         if eval_episodes:
             saved = ["--eval-model", result["model_path"], "--eval-episodes", str(eval_episodes)]
             evaluation = module.evaluate_saved(tyro.cli(module.Args, args=saved))
-    return {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu, "eval": evaluation}
+    return {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu, "eval": evaluation} | learning
 
 
 def sb3_model(spec: dict, env_id: str, seed: int):
@@ -209,9 +233,13 @@ def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int
     if threads > 0:
         torch.set_num_threads(threads)
     wall, cpu = time.time(), time.process_time()  # like ours: env and model set-up, then the training loop
-    model = sb3_model(spec, env_id, seed)
+    model, stamps = sb3_model(spec, env_id, seed), {}
+    if hasattr(model, "replay_buffer"):
+        stamp_first_call(model.replay_buffer, "sample", stamps)
     model.learn(steps)
-    wall, cpu = time.time() - wall, time.process_time() - cpu
+    end = time.time(), time.process_time()
+    wall, cpu = end[0] - wall, end[1] - cpu
+    learning = learning_rates(model.num_timesteps, spec["kwargs"].get("learning_starts"), stamps, end)
     evaluation = float("nan")
     if eval_episodes:
         eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
@@ -219,7 +247,7 @@ def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int
             eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
             eval_env.obs_rms = model.get_env().obs_rms
         evaluation = float(evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)[0])
-    return {"sps": model.num_timesteps / wall, "cpu_sps": model.num_timesteps / cpu, "eval": evaluation}
+    return {"sps": model.num_timesteps / wall, "cpu_sps": model.num_timesteps / cpu, "eval": evaluation} | learning
 
 
 def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
@@ -301,6 +329,8 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     whole = ["| script | env | ours eval | SB3 eval | ours process wall (s) | ours process CPU (s) "
              "| SB3 process wall (s) | SB3 process CPU (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    learn = ["| script | env | learning steps | ours steps/s | SB3 steps/s | ours ÷ SB3 | ours steps/CPU-s "
+             "| SB3 steps/CPU-s | ours ÷ SB3 (CPU) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     detail = ["| script | round | order | ours steps/s | SB3 steps/s | ours steps/CPU-s | SB3 steps/CPU-s "
               "| env-only steps/CPU-s | ours wall / CPU (s) | SB3 wall / CPU (s) | ours eval | SB3 eval |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -327,6 +357,10 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
                      f"| {num('ours', 'sps')} | {num('sb3', 'sps')} | {ratio('sb3', 'sps')} | {num('ours', 'cpu_sps')} "
                      f"| {num('sb3', 'cpu_sps')} | {ratio('sb3', 'cpu_sps')} | {num('env', 'cpu_sps')} "
                      f"| {ratio('env', 'cpu_sps')} |")  # fmt: skip
+        if any("learn_sps" in r["ours"] and "learn_sps" in r.get("sb3", {}) for r in rounds):
+            learn.append(f"| {p['script']} | {p['env_id']} | {num('ours', 'learn_steps')} | {num('ours', 'learn_sps')} "
+                         f"| {num('sb3', 'learn_sps')} | {ratio('sb3', 'learn_sps')} | {num('ours', 'learn_cpu_sps')} "
+                         f"| {num('sb3', 'learn_cpu_sps')} | {ratio('sb3', 'learn_cpu_sps')} |")  # fmt: skip
         whole.append(f"| {p['script']} | {p['env_id']} | {evals('ours')} | {evals('sb3')} "
                      f"| {num('ours', 'wall', '{:.1f}')} | {num('ours', 'cpu', '{:.1f}')} "
                      f"| {num('sb3', 'wall', '{:.1f}')} | {num('sb3', 'cpu', '{:.1f}')} |")  # fmt: skip
@@ -355,6 +389,10 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
         "core's (cache sharing, host contention), so compare the ratios rather than the absolute figures. Env-only: "
         "random actions through the same vector env (SyncVectorEnv, same-step autoreset, episode statistics).\n",
         "## Steps per second\n", *speed, "",
+        *(["## Learning phase (off-policy scripts)\n",
+           "Steps/s after the random-action warm-up: environment steps after `learning_starts`, over the time from "
+           "the first minibatch drawn from the replay buffer to the end of training, by the wall clock and by CPU "
+           "time: the rate of learning itself, which the steps/s above blend with the much faster warm-up.\n", *learn, ""] if len(learn) > 2 else []),
         "## Whole runs\n",
         f"Eval: the final deterministic evaluation ({args.eval_episodes} episodes), mean over rounds and how many "
         "rounds reached the env's threshold. Process wall and CPU: the whole process, Python start-up, imports, "

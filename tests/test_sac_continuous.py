@@ -97,19 +97,19 @@ def test_sac_tanh_logp_matches_change_of_variables():
         jac = torch.autograd.functional.jacobian(torch.tanh, u[i])
         normal = torch.distributions.Normal(mean[i], log_std[i].exp()).log_prob(u[i]).sum()
         expected.append(normal - torch.linalg.slogdet(jac).logabsdet)
-    torch.testing.assert_close(sac.tanh_gaussian_logp(mean, log_std, u), torch.stack(expected))
+    torch.testing.assert_close(sac.tanh_gaussian_logp(xi, log_std, u), torch.stack(expected))
 
 
 def test_sac_tanh_logp_is_finite_and_exact_near_the_bounds():
     # |u| large: tanh(u) rounds to ±1 in float32, so the naive log(1 − tanh²u) is −inf there
     u = torch.tensor([[-60.0, -15.0, -9.0], [9.0, 15.0, 60.0]])
-    mean, log_std = torch.zeros(2, 3), torch.zeros(2, 3)
-    naive = sac.gaussian_logp(mean, log_std, u) - torch.log(1 - torch.tanh(u) ** 2).sum(-1)
+    log_std = torch.zeros(2, 3)  # μ = 0, σ = 1: ξ = u
+    log_normal = torch.distributions.Normal(0.0, 1.0).log_prob(u.double()).sum(-1)
+    naive = log_normal.float() - torch.log(1 - torch.tanh(u) ** 2).sum(-1)
     assert torch.isinf(naive).all()
-    logp = sac.tanh_gaussian_logp(mean, log_std, u)
+    logp = sac.tanh_gaussian_logp(u, log_std, u)
     # exact in float64: log(1 − tanh²u) = log sech²u = −2 log cosh u
-    u64 = u.double()
-    expected = sac.gaussian_logp(mean.double(), log_std.double(), u64) + 2 * torch.log(torch.cosh(u64)).sum(-1)
+    expected = log_normal + 2 * torch.log(torch.cosh(u.double())).sum(-1)
     assert torch.isfinite(logp).all()
     torch.testing.assert_close(logp.double(), expected, rtol=1e-6, atol=0)
 
@@ -145,14 +145,14 @@ def test_sac_twin_q_equals_two_separate_mlps():
     torch.manual_seed(0)
     qf = sac.TwinQ(obs_dim=4, act_dim=2, hidden=8)
     obs, actions = torch.randn(7, 4), torch.randn(7, 2)
-    weights, biases = [qf.w1, qf.w2, qf.w3], [qf.b1, qf.b2, qf.b3]
     for j in range(2):  # critic j as an ordinary MLP with the j-th slice of each stacked weight
         layers = [nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1)]
+        weights, biases = [qf.w1[j].T, qf.w2[j].T, qf.w3[j]], [qf.b1[j, 0], qf.b2[j, 0], qf.b3[j]]
         for layer, w, b in zip(layers[::2], weights, biases):
-            layer.weight.data, layer.bias.data = w[j].T, b[j, 0]
+            layer.weight.data, layer.bias.data = w, b
         expected = nn.Sequential(*layers)(torch.cat([obs, actions], -1)).squeeze(-1)
         torch.testing.assert_close(qf(obs, actions)[j], expected)
-    assert not torch.allclose(weights[1][0], weights[1][1])  # two independent initialisations
+    assert not torch.allclose(qf.w2[0], qf.w2[1])  # two independent initialisations
 
 
 def test_sac_soft_target_by_hand():
