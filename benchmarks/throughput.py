@@ -9,7 +9,8 @@ the PLAN flags below; the SB3 counterpart gets the same values mapped onto its a
 sizes, epochs, learning rates, torch threads). Each round runs, for every script, the unmodified script's train(),
 SB3, and random actions through the same vector env, each in a fresh process, in an order that rotates from round
 to round. Ratios are taken within a round and the median over rounds is reported. Every figure comes by the wall
-clock and by CPU time: on a shared machine the wall clock also measures the other tenants, CPU time barely.
+clock and by CPU time: on a shared machine the wall clock also measures the other tenants, CPU time barely. For the
+off-policy scripts a second table times the learning phase alone, from the first minibatch to the end.
 """
 
 import importlib.util

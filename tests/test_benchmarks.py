@@ -201,6 +201,36 @@ def test_benchmarks_sb3_run_logs_like_our_scripts(tmp_path):
     assert all(0 < v <= 500 for _, v in scalars["charts/episodic_return"])
 
 
+def test_benchmarks_throughput_learning_phase_starts_at_the_first_minibatch():
+    class Buffer:
+        def sample(self, n):
+            return 2 * n
+
+    for owner in (Buffer, Buffer()):  # ours wraps the class's method, SB3's runs wrap the model's buffer
+        stamps = {}
+        throughput.stamp_first_call(owner, "sample", stamps)
+        buffer = Buffer() if owner is Buffer else owner
+        assert "learn" not in stamps and buffer.sample(3) == 6  # the call passes through
+        first = stamps["learn"]
+        buffer.sample(4)
+        assert stamps["learn"] == first  # only the first call starts the clock
+    # 1,500 steps, 500 of them random; the first minibatch at wall 10 s / CPU 4 s, the end at 20 s / 9 s
+    rates = throughput.learning_rates(1500, 500, {"learn": (10.0, 4.0)}, (20.0, 9.0))
+    assert rates == {"learn_sps": 100.0, "learn_cpu_sps": 200.0, "learn_steps": 1000}
+    assert throughput.learning_rates(1500, None, {"learn": (10.0, 4.0)}, (20.0, 9.0)) == {}  # on-policy: none
+    a = throughput.resolved_args("sac_continuous.py", "Hopper-v5", ("--total-timesteps", "1500"))
+    rounds = [{"ours": {"sps": 1.0, "cpu_sps": 1.0, "wall": 1.0, "cpu": 1.0, "eval": 0.0, "learn_steps": 1000,
+                        "learn_sps": o, "learn_cpu_sps": o / 2},
+               "sb3": {"sps": 1.0, "cpu_sps": 1.0, "wall": 1.0, "cpu": 1.0, "eval": 0.0, "learn_steps": 1000,
+                       "learn_sps": 100.0, "learn_cpu_sps": 25.0},
+               "env": {"sps": 1.0, "cpu_sps": 1.0, "wall": 1.0, "cpu": 1.0}} for o in (150.0, 120.0, 200.0)]  # fmt: skip
+    plan = dict(script="sac_continuous.py", env_id="Hopper-v5", flags=(), args=a, sb3=throughput.sb3_sac(a),
+                rounds=rounds)  # fmt: skip
+    lines = throughput.markdown([plan], throughput.Args(repeats=3)).splitlines()
+    # ratios per round 1.5, 1.2, 2 (wall) and 3, 2.4, 4 (CPU): medians 1.5 and 3
+    assert "| sac_continuous.py | Hopper-v5 | 1,000 | 150 | 100 | **1.50×** | 75 | 25 | **3.00×** |" in lines
+
+
 def test_benchmarks_throughput_ratios_are_medians_of_paired_rounds():
     a = throughput.resolved_args("ppo.py", "CartPole-v1", ("--total-timesteps", "1000"))
     rounds = [{"ours": {"sps": o, "cpu_sps": 2 * o, "wall": 10.0, "cpu": 5.0, "eval": 500.0},

@@ -226,13 +226,19 @@ def test_trpo_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
 
 
+# Calibration on an AMD EPYC VM (`python trpo.py --seed S --total-timesteps 150000`): seeds 1-6 all reach a mean
+# training return of 475 over 10 consecutive episodes, between 28k and 66k steps. The greedy evaluation at the end
+# is the wrong yardstick here: it gave 340-500 (seed 1: 340 while its last 20 training episodes averaged 499), and
+# CPUs round differently (seed 1 evaluated to 500 on an Intel VM), so one seed's final greedy policy is a coin toss.
 @pytest.mark.regression
 @pytest.mark.parametrize("seed", [1, 2])
-def test_trpo_solves_cartpole_in_150k_steps(seed, tmp_path):
-    argv = ["--seed", str(seed), "--total-timesteps", "150000", "--log-dir", str(tmp_path), "--device", "cpu"]
+def test_trpo_solves_cartpole_in_100k_steps(seed, tmp_path):
+    argv = ["--seed", str(seed), "--total-timesteps", "100000", "--eval-episodes", "0", "--log-dir", str(tmp_path),
+            "--device", "cpu"]  # fmt: skip
     result = train_cli("trpo.py", argv)
-    assert result["steps"] <= 150_000
-    assert result["eval_return"] >= 475
+    returns = [r for _, r in read_scalars(result["run_dir"])["charts/episodic_return"]]
+    assert result["steps"] <= 100_000
+    assert max(np.convolve(returns, np.ones(10) / 10, "valid")) >= 475
 
 
 @pytest.mark.regression
