@@ -393,7 +393,8 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
         *(["## Learning phase (off-policy scripts)\n",
            "Steps/s after the random-action warm-up: environment steps after `learning_starts`, over the time from "
            "the first minibatch drawn from the replay buffer to the end of training, by the wall clock and by CPU "
-           "time: the rate of learning itself, which the steps/s above blend with the much faster warm-up.\n", *learn, ""] if len(learn) > 2 else []),
+           "time: the rate of learning itself, which the steps/s above blend with the much faster warm-up.\n",
+           *learn, ""] if len(learn) > 2 else []),
         "## Whole runs\n",
         f"Eval: the final deterministic evaluation ({args.eval_episodes} episodes), mean over rounds and how many "
         "rounds reached the env's threshold. Process wall and CPU: the whole process, Python start-up, imports, "

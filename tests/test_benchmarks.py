@@ -223,7 +223,8 @@ def test_benchmarks_throughput_learning_phase_starts_at_the_first_minibatch():
                         "learn_sps": o, "learn_cpu_sps": o / 2},
                "sb3": {"sps": 1.0, "cpu_sps": 1.0, "wall": 1.0, "cpu": 1.0, "eval": 0.0, "learn_steps": 1000,
                        "learn_sps": 100.0, "learn_cpu_sps": 25.0},
-               "env": {"sps": 1.0, "cpu_sps": 1.0, "wall": 1.0, "cpu": 1.0}} for o in (150.0, 120.0, 200.0)]  # fmt: skip
+               "env": {"sps": 1.0, "cpu_sps": 1.0, "wall": 1.0, "cpu": 1.0}}
+              for o in (150.0, 120.0, 200.0)]  # fmt: skip
     plan = dict(script="sac_continuous.py", env_id="Hopper-v5", flags=(), args=a, sb3=throughput.sb3_sac(a),
                 rounds=rounds)  # fmt: skip
     lines = throughput.markdown([plan], throughput.Args(repeats=3)).splitlines()
