@@ -261,8 +261,8 @@ class TwinQ(nn.Module):
         super().__init__()
         self.w1, self.b1 = stacked_linear(obs_dim + act_dim, hidden)
         self.w2, self.b2 = stacked_linear(hidden, hidden)
-        w3, b3 = stacked_linear(hidden, 1)  # the output unit's weights as rows (2, 1, hidden), its biases (2, 1)
-        self.w3, self.b3 = nn.Parameter(w3.detach().mT.contiguous()), nn.Parameter(b3.detach().squeeze(-1))
+        w3, b3 = stacked_linear(hidden, 1)  # the output unit: weights as rows (2, 1, hidden), biases (2, 1)
+        self.w3, self.b3 = nn.Parameter(w3.detach().view(2, 1, hidden)), nn.Parameter(b3.detach().view(2, 1))
 
     def forward(self, obs, actions):
         """(Q_1(s, a), Q_2(s, a)) for a batch, shape (2, B)."""
@@ -346,7 +346,8 @@ def train(args: Args) -> dict:
             actions = np.random.uniform(-1.0, 1.0, (N, act_dim)).astype(np.float32)
         else:
             with torch.no_grad():
-                actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device), False)[0].cpu().numpy()
+                s_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                actions = actor.sample(s_t, with_logp=False)[0].cpu().numpy()
         next_obs, rewards, terminations, truncations, info = envs.step(scale_action(actions, act_space.low,
                                                                                     act_space.high))
         # store the true s' of ended episodes, and only `terminated`: a truncated one still bootstraps from s'
