@@ -61,7 +61,7 @@ class Args:
     tau: float = 0.005  # τ: Polyak rate of the targets, θ' ← τθ + (1 − τ)θ'; typically 0.005-0.01
     learning_rate: float = 3e-4  # Adam step size of the actor and of the critic
     exploration_noise: float = 0.1  # σ: std of the Gaussian action noise, as a fraction of each action's half-range
-    policy_frequency: int = 2  # d: update the actor and the targets every d-th step (delayed, as in TD3)
+    policy_frequency: int = 2  # d: update the actor and the targets every d-th step (delayed, as in TD3; DDPG: 1)
     hidden: int = 256  # width of the two hidden layers of the actor and of the critic
 
 

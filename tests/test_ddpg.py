@@ -1,6 +1,6 @@
 """ddpg.py: the target by hand, the actor's gradient against the deterministic policy gradient assembled from
 its parts, the Polyak update against its formula, episode handling on a scripted env, end-to-end runs with a
-saved model, and a learning threshold with fixed seeds."""
+saved model, and learning thresholds with fixed seeds on InvertedPendulum-v5 and Pendulum-v1."""
 
 import pytest
 import torch
@@ -55,16 +55,27 @@ def test_ddpg_smoke_hopper_saves_logs_and_evaluates_from_file(tmp_path):
     check_smoke("ddpg.py", (), tmp_path)
 
 
-# Calibration, these settings on Pendulum-v1 at 20k steps: seeds 1-4 evaluate to -135, -121, -135 and -118 (a random
-# policy scores about -1200). On InvertedPendulum-v5 the same DDPG, over seven settings (learning rate 3e-4 and 1e-3,
-# σ 0.1 to 0.5, d = 1 and 2, γ 0.98, 64- and 256-wide nets, DDPG-paper final-layer init) and up to 30k steps, stays
-# at returns of 40-135: it balances the pole while the cart drifts into the end of the rail, the local optimum
-# deterministic exploration rarely leaves (CleanRL's DDPG: 685 ± 94 there after 1M steps). SAC solves it (see
-# test_sac_continuous.py), so the InvertedPendulum check is SAC's and DDPG's is the swing-up.
+# Calibration, these settings on InvertedPendulum-v5 (the defaults otherwise: 256-wide nets, batch 256, σ = 0.1):
+# seeds 1-6 all evaluate to 1000 at 30k steps, and their training return first reaches 1000 between 16k and 22k.
+# Two settings matter. The actor and the targets update every step (d = 1): a long episode's return reaches Q one
+# backup at a time through the Polyak target, whose time constant is 1/τ target updates, so with d = 2 it spreads
+# back half as fast (seeds 1 and 2 first reach 1000 at 28k and evaluate to 316 and 1000). And 1k random steps, not
+# 25k, leave the budget to learning. With 64-wide nets and batch 64, seeds 3 and 4 still score 85 and 108 at 30k.
 @pytest.mark.regression
 @pytest.mark.parametrize("seed", [1, 2])
-def test_ddpg_swings_up_pendulum(seed, tmp_path):
-    argv = ["--env-id", "Pendulum-v1", "--seed", str(seed), "--total-timesteps", "20000",
+def test_ddpg_balances_inverted_pendulum(seed, tmp_path):
+    argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "30000",
+            "--learning-starts", "1000", "--policy-frequency", "1", "--threads", "1",
+            "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    assert train_cli("ddpg.py", argv)["eval_return"] >= 900
+
+
+# Swing-up from hanging down: Pendulum-v1 never terminates and truncates at 200 steps, so every target bootstraps.
+# Calibration, these settings at 20k steps: seeds 1-4 evaluate to -135, -121, -135 and -118 (a random policy scores
+# about -1200).
+@pytest.mark.regression
+def test_ddpg_swings_up_pendulum(tmp_path):
+    argv = ["--env-id", "Pendulum-v1", "--seed", "1", "--total-timesteps", "20000",
             "--learning-starts", "1000", "--hidden", "64", "--batch-size", "64", "--threads", "1",
             "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
     assert train_cli("ddpg.py", argv)["eval_return"] >= -200
