@@ -78,6 +78,8 @@ class Args:
     thresholds: dict[str, float] = field(default_factory=dict)  # env id -> threshold (default: the env's return one)
     threshold_tag: str = RETURN  # the tag compared with the threshold, e.g. charts/best_arm_prob for the bandits
     window: int = 10  # trailing mean over this many logged training returns, for curves and the threshold
+    overlay: tuple[str, ...] = ()  # tags drawn together in {env}__overlay.png, one panel per script
+    final_tags: tuple[str, ...] = ()  # tags whose last logged value (mean ± std over seeds) gets a table per env
 
 
 @dataclass
@@ -205,6 +207,45 @@ def plot(groups: dict[str, list[RunLog]], env: str, tag: str, threshold: Optiona
     plt.close(fig)
 
 
+def plot_overlay(groups: dict[str, list[RunLog]], env: str, tags: tuple[str, ...], window: int, path: Path):
+    """One panel per script, all on one y scale, each with the tags' mean ± std over seeds: e.g. the learned and the
+    true reward of the same runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = int(np.ceil(np.sqrt(len(groups))))
+    nrows = int(np.ceil(len(groups) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), sharex=True, sharey=True, squeeze=False)
+    for ax, (script, runs) in zip(axes.flat, sorted(groups.items())):
+        for i, tag in enumerate(tags):
+            curves = [smoothed(r.scalars[tag], window) for r in runs if r.scalars.get(tag)]
+            if curves:
+                grid, mean, std = band(curves)
+                ax.plot(grid, mean, color=f"C{i}", ls=["-", "--", ":", "-."][i % 4], label=tag)
+                ax.fill_between(grid, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        ax.set_title(f"{script} ({len(runs)} seeds)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("environment steps")
+    fig.suptitle(env)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def final_table(groups: dict[str, list[RunLog]], tags: tuple[str, ...]) -> str:
+    """The last logged value of each tag, mean ± std over seeds, one row per script."""
+    lines = ["| script | seeds | " + " | ".join(f"final {t}" for t in tags) + " |", "|---|---|" + "---|" * len(tags)]
+    for script, runs in groups.items():
+        cells = [fmt(mean_std([last(r, t) for r in runs]), 2) for t in tags]
+        lines.append(f"| {script} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float], window: int, tag: str = RETURN) -> str:
     t = "—" if threshold is None else f"{threshold:g}"
     t = t if tag == RETURN else f"{tag.split('/')[-1]} {t}"
@@ -218,6 +259,25 @@ def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float],
         lines.append(f"| {script} | {s['seeds']} | {s['budget']:,} | {fmt(s['eval'])} | "
                      f"{fmt(s['steps_to_threshold'], 0)} ({s['reached']}/{s['seeds']}) | {fmt(s['sps'], 0)} | "
                      f"{fmt(s['wall_time'])} | {published or '—'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def robustness(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float]) -> str:
+    """Per script: how many seeds' final evaluation reaches the threshold, the median and worst of them, and the
+    median wall time, the figures a user running `--seed 5` cares about."""
+    t = "—" if threshold is None else f"{threshold:g}"
+    lines = [f"| script | seeds | eval ≥ {t} | median eval | worst eval (seed) | median wall time (s) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for script, runs in groups.items():
+        evals = {r.seed: last(r, EVAL) for r in runs if last(r, EVAL) is not None}
+        if not evals:
+            continue
+        worst = min(evals, key=evals.get)
+        reached = "—" if threshold is None else f"{sum(v >= threshold for v in evals.values())}/{len(evals)}"
+        walls = [r.wall_time for r in runs if r.wall_time is not None]
+        wall = f"{np.median(walls):.1f}" if walls else "—"
+        lines.append(f"| {script} | {len(evals)} | {reached} | {np.median(list(evals.values())):.1f} | "
+                     f"{evals[worst]:.1f} ({worst}) | {wall} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +307,12 @@ def main(args: Args) -> Path:
         if args.threshold_tag != RETURN and env not in args.thresholds:
             threshold = None  # the env's reward threshold is about returns, not about another tag
         sections.append(table(env, groups, threshold, args.window, args.threshold_tag))
+        if args.final_tags:
+            sections.append(final_table(groups, args.final_tags))
+        if args.overlay:
+            plot_overlay(groups, env, args.overlay, args.window, out / f"{env}__overlay.png")
+            sections.append(f"![{env} {', '.join(args.overlay)}]({env}__overlay.png)\n")
+        sections.append(robustness(env, groups, threshold))
         for tag in args.curve_tags:
             name = f"{env}__{tag.replace('/', '_')}.png"
             plot(groups, env, tag, threshold, args.threshold_tag, args.window, out / name)

@@ -94,9 +94,19 @@ SUITES = {
                               ["HalfCheetah-v5"], 3),
     "dqn-double": ([variant("dqn.py", "--no-double", "single"), variant("dqn.py", "--double", "double")],
                    ["CartPole-v1", "Acrobot-v1"], 3),
+    # issue 17: every script at its defaults on its classic env, seeds 1-10 (ddpg/sac at the 30k-step budget of
+    # their InvertedPendulum test; their default budget is MuJoCo's 1M)
+    "seeds": [([variant(s) for s in DISCRETE], ["CartPole-v1"], 10),
+              ([variant(s, "--total-timesteps 30000", "30k") for s in ("ddpg.py", "sac_continuous.py")],
+               ["InvertedPendulum-v5", "Pendulum-v1"], 10),
+              ([variant("grpo_bandit.py")], ["gaussian"], 10)],
     "grpo": ([variant("grpo_bandit.py", "--scale-rewards group", "group"),
               variant("grpo_bandit.py", "--scale-rewards none", "no-std"),
               variant("grpo_bandit.py", "--advantage reinforce", "reinforce")], ["gaussian", "contextual"], 5),
+    # the grpo suite's RLHF grid: GRPO on a reward model learned from --num-preferences comparisons, KL leash β
+    "grpo-rlhf": ([variant("grpo_bandit.py", f"--reward preference --num-preferences {n} --beta {beta} "
+                           "--total-timesteps 4000", f"b{beta}-n{n}")
+                   for beta in (0, 0.3, 1) for n in (30, 300, 3000)], ["contextual"], 3),
 }  # fmt: skip
 
 
@@ -118,18 +128,18 @@ class Args:
 
 def expand(args: Args) -> list[Run]:
     """The grid as a list of runs, in the order they are started."""
-    if args.suite:
-        variants, env_ids, n_seeds = SUITES[args.suite]
-        missing = sorted({v[0] for v in variants if not (ROOT / v[0]).exists()})
+    if args.suite:  # a suite is one grid, or a list of grids
+        grids = SUITES[args.suite] if isinstance(SUITES[args.suite], list) else [SUITES[args.suite]]
+        missing = sorted({v[0] for variants, _, _ in grids for v in variants if not (ROOT / v[0]).exists()})
         if missing:
             print(f"suite {args.suite}: leaving out {', '.join(missing)} (not in the checkout yet)")
-        variants = [v for v in variants if (ROOT / v[0]).exists()]
+        grids = [([v for v in variants if (ROOT / v[0]).exists()], env_ids, n) for variants, env_ids, n in grids]
     else:
-        variants, env_ids, n_seeds = [variant(s) for s in args.scripts], args.env_ids, 3
-    seeds = args.seeds or tuple(range(1, n_seeds + 1))
+        grids = [([variant(s) for s in args.scripts], args.env_ids, 3)]
     extra = tuple(shlex.split(args.flags))
     return [Run(script, env_id, seed, flags + extra, exp_name)
-            for env_id in env_ids for script, flags, exp_name in variants for seed in seeds]  # fmt: skip
+            for variants, env_ids, n_seeds in grids for env_id in env_ids for script, flags, exp_name in variants
+            for seed in args.seeds or range(1, n_seeds + 1)]  # fmt: skip
 
 
 def share_cores(runs: list[Run], args: Args) -> list[Run]:

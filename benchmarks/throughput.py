@@ -4,8 +4,8 @@ env-only random-action rate (the physical limit of the loop), measured interleav
   python benchmarks/throughput.py --scripts ppo.py --repeats 3 --out benchmarks/results/ppo_vs_sb3.md
   python benchmarks/throughput.py --repeats 3                 # every script present, at its PLAN settings
 
-For each script, the settings are the script's own defaults (after its action-space defaults, SPACE_DEFAULTS) plus
-the PLAN flags below; the SB3 counterpart gets the same values mapped onto its arguments (same networks, batch
+For each script, the settings are the script's own defaults (its BOX_DEFAULTS for a Box env) plus the PLAN flags
+below; the SB3 counterpart gets the same values mapped onto its arguments (same networks, batch
 sizes, epochs, learning rates, torch threads). Each round runs, for every script, the unmodified script's train(),
 SB3, and random actions through the same vector env, each in a fresh process, in an order that rotates from round
 to round. Ratios are taken within a round and the median over rounds is reported. Every figure comes by the wall
@@ -56,7 +56,8 @@ def sb3_ppo(a) -> dict:
     kwargs = dict(n_steps=a.num_steps, batch_size=batch // a.num_minibatches, n_epochs=a.update_epochs,
                   learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda, clip_range=a.clip_eps,
                   clip_range_vf=a.clip_eps if a.clip_vloss else None, normalize_advantage=a.norm_adv,
-                  ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm, target_kl=a.target_kl,
+                  ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
+                  target_kl=None if a.target_kl == float("inf") else a.target_kl,  # ours: inf = no early stop
                   policy_kwargs=net(a, "tanh") | {"log_std_init": 0.0})  # fmt: skip
     return dict(algo="PPO", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
 
@@ -134,16 +135,8 @@ def load_script(script: str):
 
 
 def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
-    """The script's Args for this command line, with its action-space defaults filled in as its train() would."""
-    import gymnasium as gym
-
-    module = load_script(script)
-    a = tyro.cli(module.Args, args=["--env-id", env_id, *flags])
-    box = isinstance(gym.make(env_id).action_space, gym.spaces.Box)
-    for name, pair in getattr(module, "SPACE_DEFAULTS", {}).items():
-        if getattr(a, name) is None:
-            setattr(a, name, pair[box])
-    return a
+    """The script's Args for this command line, as its own command line resolves them (BOX_DEFAULTS for Box envs)."""
+    return load_script(script).parse_args(["--env-id", env_id, *flags])
 
 
 def stamp_first_call(owner, name: str, stamps: dict):
@@ -175,9 +168,8 @@ def ours_child(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval
     if hasattr(module, "ReplayBuffer"):
         stamp_first_call(module.ReplayBuffer, "sample", stamps)
     with tempfile.TemporaryDirectory() as tmp:
-        a = tyro.cli(module.Args, args=["--env-id", env_id, "--seed", str(seed), "--log-dir", tmp, "--exp-name",
-                                        "throughput", "--no-progress", *flags, "--eval-episodes", "0",
-                                        "--save-model"])  # fmt: skip
+        a = module.parse_args(["--env-id", env_id, "--seed", str(seed), "--log-dir", tmp, "--exp-name", "throughput",
+                               "--no-progress", *flags, "--eval-episodes", "0", "--save-model"])  # fmt: skip
         wall, cpu = time.time(), time.process_time()
         result = module.train(a)
         end = time.time(), time.process_time()
@@ -186,7 +178,7 @@ def ours_child(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval
         evaluation = float("nan")
         if eval_episodes:
             saved = ["--eval-model", result["model_path"], "--eval-episodes", str(eval_episodes)]
-            evaluation = module.evaluate_saved(tyro.cli(module.Args, args=saved))
+            evaluation = module.evaluate_saved(module.parse_args(saved), env_given=False)
     return {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu, "eval": evaluation} | learning
 
 

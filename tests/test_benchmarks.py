@@ -116,6 +116,8 @@ def test_benchmarks_report_figures_match_hand_computed(tmp_path):
     table = report.table("CartPole-v1", {"ppo": runs}, 35.0, 2)
     assert "| ppo | 2 | 400 | 150.0 ± 50.0 | 350 ± 50 (2/2) | 2,000 ± 1,000 | 15.0 ± 5.0 |" in table
     assert "490.04 ± 6.12" in table  # CleanRL's published figure, with its source
+    # the robustness table: seeds whose final evaluation reaches the threshold, median and worst, median wall time
+    assert "| ppo | 2 | 1/2 | 150.0 | 100.0 (1) | 15.0 |" in report.robustness("CartPole-v1", {"ppo": runs}, 150.0)
 
 
 def test_benchmarks_throughput_sb3_ppo_matches_our_settings_and_network():
@@ -160,9 +162,9 @@ def test_benchmarks_sb3_trpo_takes_trpo_py_step_on_the_same_batch():
     a = throughput.resolved_args("trpo.py", "Hopper-v5", ())
     model = throughput.sb3_model(throughput.sb3_trpo(a), "Hopper-v5", seed=1)
     sb3, buf = model.policy, model.rollout_buffer
-    ours = trpo.Policy(11, model.action_space, a.hidden)
-    pairs = [(ours.net[0], sb3.mlp_extractor.policy_net[0]), (ours.net[2], sb3.mlp_extractor.policy_net[2]),
-             (ours.net[4], sb3.action_net)]  # fmt: skip
+    ours = trpo.Agent(model.observation_space, model.action_space, a.hidden, normalize=False)
+    pairs = [(ours.actor[0], sb3.mlp_extractor.policy_net[0]), (ours.actor[2], sb3.mlp_extractor.policy_net[2]),
+             (ours.actor[4], sb3.action_net)]  # fmt: skip
     torch.manual_seed(0)
     with torch.no_grad():
         for mine, theirs in pairs:
@@ -171,7 +173,7 @@ def test_benchmarks_sb3_trpo_takes_trpo_py_step_on_the_same_batch():
         obs, adv = torch.randn(buf.buffer_size * buf.n_envs, 11), torch.randn(buf.buffer_size * buf.n_envs)
         act = ours.sample(ours(obs))
         for name, x in [("observations", obs), ("actions", act), ("advantages", adv), ("returns", adv),
-                        ("values", adv), ("log_probs", trpo.gaussian_logp(*ours(obs), act))]:  # fmt: skip
+                        ("values", adv), ("log_probs", ours.log_prob(ours(obs), act))]:  # fmt: skip
             getattr(buf, name)[:] = x.reshape(getattr(buf, name).shape).numpy()
     buf.full, buf.generator_ready = True, False
 
@@ -182,8 +184,7 @@ def test_benchmarks_sb3_trpo_takes_trpo_py_step_on_the_same_batch():
     theta_old = flat(*sides[0])
     model.set_logger(Logger(None, []))
     model.train()  # one trust-region step of the actor (then its critic regression)
-    stats = trpo.trpo_update(ours, obs, act, (adv - adv.mean()) / (adv.std() + 1e-8), a.target_kl, a.cg_damping,
-                             a.cg_iters, a.cg_tol, a.backtrack_coef, a.backtrack_iters)  # fmt: skip
+    stats = trpo.trpo_update(ours, obs, act, (adv - adv.mean()) / (adv.std() + 1e-8), a)
     assert stats["line_search_accepted"] == 1.0 and 0 < stats["kl"] <= a.target_kl
     step = [flat(*side) - theta_old for side in sides]
     torch.testing.assert_close(step[1], step[0], rtol=0, atol=1e-3 * step[0].abs().max().item())

@@ -13,9 +13,9 @@ ddpg = load("ddpg.py")
 def test_ddpg_target_by_hand():
     # rows: an ordinary step, a termination, a truncation (stored with term = 0 and its true s')
     rewards, terminations = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.0])
-    next_q = torch.tensor([10.0, 4.0, -2.0])  # Q'(s', μ'(s'))
-    y = ddpg.compute_td_target(rewards, terminations, next_q, gamma=0.5)
-    torch.testing.assert_close(y, torch.tensor([6.0, 2.0, 2.0]))  # r + γ(1 − term) Q'
+    next_q = torch.tensor([10.0, 4.0, -2.0])  # Q_θ⁻(s', μ_θ⁻(s'))
+    y = ddpg.td_target(rewards, terminations, next_q, gamma=0.5)
+    torch.testing.assert_close(y, torch.tensor([6.0, 2.0, 2.0]))  # r + γ(1 − term) Q_θ⁻
     torch.testing.assert_close(ddpg.critic_loss(torch.tensor([5.0, 2.0, 0.0]), y), torch.tensor((1 + 0 + 4) / 3))
 
 
@@ -44,7 +44,7 @@ def test_ddpg_polyak_update_matches_formula(tau):
     before = [p.clone() for p in target.parameters()]
     ddpg.polyak_update(target, source, tau)
     for new, old, src in zip(target.parameters(), before, source.parameters()):
-        torch.testing.assert_close(new, tau * src + (1 - tau) * old)  # θ' ← τθ + (1 − τ)θ'
+        torch.testing.assert_close(new, tau * src + (1 - tau) * old)  # θ⁻ ← τθ + (1 − τ)θ⁻
 
 
 def test_ddpg_episode_handling_on_a_scripted_env(monkeypatch):
@@ -57,15 +57,16 @@ def test_ddpg_smoke_hopper_saves_logs_and_evaluates_from_file(tmp_path):
 
 # Calibration, these settings on InvertedPendulum-v5 (the defaults otherwise: 256-wide nets, batch 256, σ = 0.1):
 # seeds 1-6 all evaluate to 1000 at 30k steps, and their training return first reaches 1000 between 16k and 22k.
-# Two settings matter. The actor and the targets update every step (d = 1): a long episode's return reaches Q one
-# backup at a time through the Polyak target, whose time constant is 1/τ target updates, so with d = 2 it spreads
-# back half as fast (seeds 1 and 2 first reach 1000 at 28k and evaluate to 316 and 1000). And 1k random steps, not
-# 25k, leave the budget to learning. With 64-wide nets and batch 64, seeds 3 and 4 still score 85 and 108 at 30k.
+# Two settings matter. The actor and the targets update every step (DDPG's d = 1, the default): a long episode's
+# return reaches Q one backup at a time through the Polyak target, whose time constant is 1/τ target updates, so
+# with TD3's d = 2 it spreads back half as fast (seeds 1 and 2 first reach 1000 at 28k and evaluate to 316 and 1000).
+# And 1k random steps, not 25k, leave the budget to learning. With 64-wide nets and batch 64, seeds 3 and 4 still
+# score 85 and 108 at 30k.
 @pytest.mark.regression
 @pytest.mark.parametrize("seed", [1, 2])
 def test_ddpg_balances_inverted_pendulum(seed, tmp_path):
     argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "30000",
-            "--learning-starts", "1000", "--policy-frequency", "1", "--threads", "1",
+            "--learning-starts", "1000", "--threads", "1",
             "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
     assert train_cli("ddpg.py", argv)["eval_return"] >= 900
 

@@ -1,4 +1,5 @@
-"""dqn.py: TD targets, loss, replay buffer, autoreset bookkeeping, target updates, ε-greedy, end to end."""
+"""dqn.py: TD targets, loss, replay buffer, autoreset bookkeeping, target updates, ε-greedy, bad input and
+divergence, end to end."""
 
 import copy
 
@@ -15,9 +16,9 @@ dqn = load("dqn.py")
 @pytest.mark.parametrize(
     "double, expected",
     [
-        # r + γ(1 − term) max_a' Q'(s', a'):  1 + 0.9·5,  2 + 0 (terminal),  0 + 0.9·2
+        # r + γ(1 − term) max_a' Q_θ⁻(s', a'):  1 + 0.9·5,  2 + 0 (terminal),  0 + 0.9·2
         (False, [5.5, 2.0, 1.8]),
-        # r + γ(1 − term) Q'(s', argmax_a' Q(s', a')): the online net picks a' = 0, 1, 1
+        # r + γ(1 − term) Q_θ⁻(s', argmax_a' Q_θ(s', a')): the online net picks a' = 0, 1, 1
         (True, [1 + 0.9 * 1.0, 2.0, 0.9 * 2.0]),
     ],
 )
@@ -25,8 +26,8 @@ def test_dqn_td_target_by_hand(double, expected):
     rewards, terminations = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
     next_q_target = torch.tensor([[1.0, 5.0], [3.0, 4.0], [-1.0, 2.0]])
     next_q_online = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]) if double else None
-    y = dqn.td_target(rewards, terminations, next_q_target, 0.9, next_q_online)
-    torch.testing.assert_close(y, torch.tensor(expected))
+    td_target = dqn.td_target(rewards, terminations, next_q_target, 0.9, next_q_online)
+    torch.testing.assert_close(td_target, torch.tensor(expected))
 
 
 @pytest.mark.parametrize("kind, expected", [("huber", (0.5**2 / 2 + (3 - 0.5)) / 2), ("mse", (0.5**2 + 3**2) / 2)])
@@ -120,7 +121,7 @@ def test_dqn_polyak_update_matches_formula():
     old = copy.deepcopy(target)
     dqn.polyak_update(target, source, 0.3)
     for p, p_src, p_old in zip(target.parameters(), source.parameters(), old.parameters()):
-        torch.testing.assert_close(p, 0.3 * p_src + 0.7 * p_old)  # θ' ← τθ + (1 − τ)θ'
+        torch.testing.assert_close(p, 0.3 * p_src + 0.7 * p_old)  # θ⁻ ← τθ + (1 − τ)θ⁻
     dqn.polyak_update(target, source, 1.0)
     assert all(torch.equal(p, q) for p, q in zip(target.parameters(), source.parameters()))
 
@@ -188,6 +189,45 @@ def test_dqn_smoke_saves_logs_and_evaluates_saved_model(tmp_path):
 def test_dqn_refuses_box_actions(tmp_path):
     proc = run_script(ROOT / "dqn.py", ["--env-id", "Pendulum-v1"], tmp_path)
     assert proc.returncode == 2 and "dqn.py: needs a Discrete action space; Pendulum-v1 has Box" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--num-envs", "0"], "--num-envs"),  # was a ZeroDivisionError in the --train-freq check
+        (["--batch-size", "200", "--buffer-size", "100"], "--buffer-size 100 must hold at least --batch-size"),
+        (["--hidden", "0"], "--hidden must be >= 1"),
+        (["--learning-rate", "inf"], "--learning-rate"),
+        (["--train-freq", "100", "--num-envs", "3"], "--train-freq 100 must be a positive multiple of --num-envs 3"),
+    ],
+)
+def test_dqn_refuses_bad_input_in_one_line(argv, fragment, tmp_path, capsys):
+    logs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        dqn.train(dqn.parse_args(argv + ["--log-dir", str(logs)]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: dqn.py: "), lines
+    assert fragment in lines[0]
+    assert not logs.exists()
+
+
+def test_dqn_non_finite_td_loss_stops_at_once(monkeypatch, tmp_path):
+    # a huge (finite) step size overflows the weights in the first training phase, at step 200
+    losses, real_loss = [], dqn.td_loss
+
+    def recording_loss(*args):
+        loss = real_loss(*args)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(dqn, "td_loss", recording_loss)
+    args = dqn.Args(total_timesteps=600, learning_starts=200, train_freq=100, gradient_steps=8, learning_rate=1e30,
+                    save_model=True, eval_episodes=2, log_dir=str(tmp_path), progress=False)  # fmt: skip
+    with pytest.raises(dqn.Diverged, match=r"td_loss is not finite.*\(step 200; no model saved"):
+        dqn.train(args)
+    # it stopped at the first non-finite loss, inside the phase's 8 gradient steps
+    assert 1 < len(losses) < 8 and np.isfinite(losses[:-1]).all() and not np.isfinite(losses[-1])
+    assert not list(tmp_path.glob("*/*.pt"))
 
 
 @pytest.mark.regression

@@ -66,15 +66,21 @@ def test_ppo_clipped_objective_gradient_is_zero_where_clipped():
 
 
 def test_ppo_log_probs_and_entropies_match_torch_distributions():
-    g = torch.Generator().manual_seed(1)
+    g, obs_space = torch.Generator().manual_seed(1), gym.spaces.Box(-1, 1, (4,))
     logits, actions = torch.randn(5, 3, generator=g), torch.tensor([0, 2, 1, 1, 0])
+    agent = ppo.Agent(obs_space, gym.spaces.Discrete(3), hidden=8, normalize=False)
+    logp, entropy = agent.logp_entropy(None, actions, out=logits)
     cat = torch.distributions.Categorical(logits=logits)
-    torch.testing.assert_close(ppo.categorical_logp(logits, actions), cat.log_prob(actions))
-    torch.testing.assert_close(ppo.categorical_entropy(logits), cat.entropy())
-    mean, log_std, a = torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g)
-    normal = torch.distributions.Normal(mean, log_std.exp())
-    torch.testing.assert_close(ppo.gaussian_logp(mean, log_std, a), normal.log_prob(a).sum(-1))
-    torch.testing.assert_close(ppo.gaussian_entropy(log_std), normal.entropy().sum(-1))
+    torch.testing.assert_close(logp, cat.log_prob(actions))
+    torch.testing.assert_close(entropy, cat.entropy())
+    agent = ppo.Agent(obs_space, gym.spaces.Box(-1, 1, (2,)), hidden=8, normalize=False)
+    mean, a = torch.randn(5, 2, generator=g), torch.randn(5, 2, generator=g)
+    with torch.no_grad():
+        agent.log_std.copy_(torch.randn(2, generator=g))
+    logp, entropy = agent.logp_entropy(None, a, out=mean)
+    normal = torch.distributions.Normal(mean, agent.log_std.exp())
+    torch.testing.assert_close(logp, normal.log_prob(a).sum(-1))
+    torch.testing.assert_close(entropy, normal.entropy().sum(-1))
 
 
 def test_ppo_approx_kl_estimates_exact_kl():

@@ -1,6 +1,9 @@
-"""reinforce.py: the lecture's 3-armed bandit and the score-function gradient through the script's own functions,
-reward-to-go and both discountings against direct sums, baselines that lower the variance of the gradient estimate
-and keep its mean, episode handling on a scripted env, end-to-end runs, the CartPole threshold with fixed seeds."""
+"""reinforce.py: the lecture's 3-armed bandit (one pull, and its five-pull trajectory) and the score-function
+gradient through the script's own functions, reward-to-go and both discountings against direct sums, baselines that
+lower the variance of the gradient estimate and keep its mean, episode handling on a scripted env, end-to-end runs,
+the CartPole threshold with fixed seeds."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from test_a2c import CountingEnv, check_saved_run  # importing it registers A2CT
 reinforce = load("reinforce.py")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Tensors this small run fastest on one thread, as the scripts do (--threads 1); a second thread mostly
     waits for a busy core."""
@@ -21,19 +24,61 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def test_reinforce_lecture_bandit_gradient():
-    # softmax policy over 3 arms, θ = (1, −1, 0); one pull of arm 1 (index 0) with reward 3: one episode, one step
-    theta = torch.tensor([[1.0, -1.0, 0.0]], requires_grad=True)
-    probs = theta.detach().softmax(-1)[0]
-    torch.testing.assert_close(probs, torch.tensor([0.66, 0.09, 0.25]), atol=0.01, rtol=0)
-    logp = reinforce.categorical_logp(theta, torch.tensor([0])).unsqueeze(1)  # (T, N) = (1, 1)
-    returns = reinforce.reward_to_go(torch.tensor([[3.0]]), gamma=0.99)
-    alive = torch.ones(1, 1, dtype=torch.bool)
-    weights = reinforce.pg_weights(returns, 0.0, alive, 0.99, weight_by_gamma_t=False, normalize=False)
+THETA = torch.tensor([1.0, -1.0, 0.0])  # the lecture's softmax bandit: logits θ of its 3 arms
+PROBS = THETA.softmax(-1)
+
+
+def score(a: int):
+    """∇_θ log π(a) = e_a − π for a softmax policy with logits θ, by hand."""
+    return torch.eye(3)[a] - PROBS
+
+
+def bandit_gradient(pulls, gamma: float, episodes: int = 1):
+    """reinforce.py's estimate −∇ loss for the pulls [(arm, reward), ...] of the softmax bandit: one episode of
+    len(pulls) steps, or, with episodes = len(pulls), that many one-step episodes (T, N) = (1, len(pulls))."""
+    theta = THETA.clone().requires_grad_()
+    actions, rewards = torch.tensor([a for a, _ in pulls]), torch.tensor([float(r) for _, r in pulls])
+    shape = (len(pulls) // episodes, episodes)  # (T, N)
+    logp = reinforce.categorical_logp(theta.expand(*shape, 3), actions.view(shape))
+    returns = reinforce.reward_to_go(rewards.view(shape), gamma)
+    alive = torch.ones(shape, dtype=torch.bool)
+    weights = reinforce.pg_weights(returns, 0.0, alive, gamma, weight_by_gamma_t=False, normalize=False)
     reinforce.policy_gradient_loss(logp, weights).backward()
-    # ∇J = G ∇ log π(a_1) = 3 (1 − π_1, −π_2, −π_3); the loss is −J, so its gradient is −∇J
-    torch.testing.assert_close(-theta.grad[0], 3 * (torch.tensor([1.0, 0, 0]) - probs))
-    torch.testing.assert_close(-theta.grad[0], 3 * torch.tensor([0.34, -0.09, -0.25]), atol=0.02, rtol=0)
+    return -theta.grad  # the loss is −J, so its gradient is −∇J
+
+
+def test_reinforce_lecture_bandit_gradient():
+    # θ = (1, −1, 0) → π = (0.66, 0.09, 0.25); one pull of arm 1 (index 0) with reward 3: one episode, one step
+    torch.testing.assert_close(PROBS, torch.tensor([0.66, 0.09, 0.25]), atol=0.01, rtol=0)
+    # ∇J = G ∇ log π(a_1) = 3 (1 − π_1, −π_2, −π_3)
+    torch.testing.assert_close(bandit_gradient([(0, 3)], gamma=0.99), 3 * score(0))
+    torch.testing.assert_close(bandit_gradient([(0, 3)], 0.99), 3 * torch.tensor([0.34, -0.09, -0.25]), atol=0.02,
+                               rtol=0)  # fmt: skip
+
+
+# The lecture's five pulls of the same bandit. Its result, Σ_t r_t ∇ log π(a_t) = (1.013, −1.810, 0.797), fixes each
+# arm's total reward: arm 1 (index 0) 7, arm 2 −1, arm 3 3 (the only totals on a grid of 0.25 in −15..15 that give
+# them; a search over all 3^5 arm sequences with rewards in −3..3 finds arm 1 pulled three times, 1+3+3 or 2+2+3,
+# and arms 2 and 3 once each). The order and that split are not recoverable from its numbers and, with γ = 0, do not
+# change them: this is one such trajectory.
+FIVE_PULLS = [(0, 3), (1, -1), (0, 2), (2, 3), (0, 2)]
+
+
+def test_reinforce_lecture_five_pulls_gradient():
+    # The lecture treats the pulls as independent one-step episodes: γ = 0, so G_t = r_t and the estimate is
+    # Σ_t r_t ∇ log π(a_t), recomputed here with the analytic score e_a − π
+    by_hand = sum(r * score(a) for a, r in FIVE_PULLS)
+    assert (by_hand * 1000).round().tolist() == [1013, -1810, 797]
+    torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.0), by_hand)
+    torch.testing.assert_close(bandit_gradient(FIVE_PULLS[::-1], gamma=0.0), by_hand)  # any order
+    # as five separate one-step episodes (where γ plays no part) the script averages over them: the sum / N, N = 5
+    torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.9, episodes=5), by_hand / 5)
+    # γ > 0 on one five-step episode: the reward-to-go G_t = Σ_{t'≥t} γ^{t'−t} r_{t'} mixes the later pulls'
+    # rewards into each term, so the estimate changes, and depends on the order of the pulls
+    rewards = [r for _, r in FIVE_PULLS]
+    mixed = sum(discounted_sum(rewards, 0.9, t, t) * score(a) for t, (a, _) in enumerate(FIVE_PULLS))
+    torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.9), mixed)
+    assert (mixed - by_hand).abs().max() > 1 and (bandit_gradient(FIVE_PULLS[::-1], 0.9) - mixed).abs().max() > 1
 
 
 def test_reinforce_pseudo_loss_gradient_is_score_function_gradient():
@@ -89,19 +134,25 @@ def test_reinforce_normalized_weights_are_scaled_not_centred():
     torch.testing.assert_close(weights, returns * alive / returns[alive].std())
 
 
-def collect(agent, env_id, n, seed):
+def collect(agent, env_id, n, seed, run=None):
+    """One batch of n episodes, with a stand-in for the Run that counts steps and keeps what would be logged."""
     envs = reinforce.make_envs(env_id, n)
     envs.reset(seed=seed)
     torch.manual_seed(seed)
-    batch = [torch.as_tensor(x) for x in reinforce.run_episodes(envs, agent, torch.device("cpu"))]
+    run = run or SimpleNamespace(step=0, log_episodes=lambda info: None)
+    ep = reinforce.run_episodes(envs, agent, run)
     envs.close()
-    return batch
+    return ep.obs, ep.actions, ep.rewards, ep.alive, ep.final_obs, ep.cut
 
 
 def test_reinforce_run_episodes_one_complete_episode_per_env():
     agent = reinforce.Agent(CountingEnv.observation_space, CountingEnv.action_space, 8, with_value=False)
-    obs, actions, rewards, alive, final_obs, cut = collect(agent, "A2CTestCounting-v0", 6, seed=0)
+    logged = []  # the returns of the episodes that would be logged
+    run = SimpleNamespace(step=0, log_episodes=lambda info: logged.extend(info["episode"]["r"][info["_episode"]]))
+    obs, actions, rewards, alive, final_obs, cut = collect(agent, "A2CTestCounting-v0", 6, seed=0, run=run)
     lengths = alive.sum(0)
+    # only the batch's own episodes are counted and logged, not those the finished envs go on to run
+    assert run.step == lengths.sum() and sorted(logged) == sorted(rewards.sum(0).tolist())
     assert (lengths >= 2).all() and (lengths <= 4).all() and cut.any() and not cut.all()
     assert not (alive[1:] & ~alive[:-1]).any()  # alive is 1 up to each episode's end, then 0
     torch.testing.assert_close(rewards, alive.float())  # r = 1 on the episode's steps, 0 after
@@ -123,9 +174,11 @@ def per_episode_gradients(agent, obs, actions, weights):
     return -torch.cat([g.flatten(1) for g in grads.values()], 1)
 
 
-def test_reinforce_baselines_lower_variance_and_keep_the_mean(seed=0):
-    # calibrated on seeds 0-5: Var(mean)/Var(none) 0.47-0.55, Var(value)/Var(none) 0.32-0.54, mean differences
-    # at most 0.52 of the 3-standard-error bound
+@pytest.fixture(scope="module")
+def baseline_gradients():
+    """Per-episode gradient estimates of one fixed CartPole batch (300 episodes of a fixed random policy, seed 0),
+    with each baseline: {kind: (N, n_params)}. V_w is fitted first, on another batch, with the script's value_loss."""
+    seed = 0
     torch.manual_seed(seed)
     agent = reinforce.Agent(*reinforce.env_spaces("CartPole-v1"), 32, with_value=True)
     # fit V_w to the reward-to-go of a first batch of the fixed policy, with the script's own loss
@@ -146,8 +199,19 @@ def test_reinforce_baselines_lower_variance_and_keep_the_mean(seed=0):
         b = reinforce.baseline_values(kind, returns, values, alive)
         weights = reinforce.pg_weights(returns, b, alive, 0.99, weight_by_gamma_t=False, normalize=False)
         grads[kind] = per_episode_gradients(agent, obs, actions, weights)
-    variance = {kind: g.var(0).sum() for kind, g in grads.items()}  # trace of the covariance
-    assert variance["mean"] < 0.7 * variance["none"] and variance["value"] < 0.7 * variance["none"]
+    return grads
+
+
+def variance(grads):
+    return grads.var(0).sum()  # the trace of the covariance of the per-episode estimates
+
+
+def test_reinforce_baselines_lower_variance_and_keep_the_mean(baseline_gradients):
+    # calibrated on seeds 0-5: Var(mean)/Var(none) 0.47-0.55, Var(value)/Var(none) 0.32-0.54, mean differences
+    # at most 0.52 of the 3-standard-error bound
+    grads = baseline_gradients
+    assert variance(grads["mean"]) < 0.7 * variance(grads["none"])
+    assert variance(grads["value"]) < 0.7 * variance(grads["none"])
     for kind in ("mean", "value"):
         # the means differ by the batch average of −Σ_t ∇ log π(a_t|s_t) b(s_t), which has expectation 0: the
         # difference must be within 3 standard errors of 0
@@ -155,25 +219,31 @@ def test_reinforce_baselines_lower_variance_and_keep_the_mean(seed=0):
         assert diff.mean(0).norm() < 3 * (diff.var(0).sum() / len(diff)).sqrt(), kind
 
 
+def test_reinforce_lecture_learned_baseline_variance_ratio(baseline_gradients):
+    # The lecture's exercise: the variance of the gradient estimate with and without a learned baseline V(s), on
+    # one fixed batch. Measured: 0.3245 (reinforce.py's docstring quotes 0.32); over seeds 0-5 it is 0.32-0.54.
+    ratio = variance(baseline_gradients["value"]) / variance(baseline_gradients["none"])
+    assert abs(ratio - 0.32) < 0.02, ratio
+
+
 def test_reinforce_truncation_bootstraps_only_where_cut(monkeypatch, tmp_path):
     module, seen = load("reinforce.py"), {}
     run_episodes, reward_to_go = module.run_episodes, module.reward_to_go
 
-    def spy_run(envs, agent, device):
-        seen["agent"], seen["batch"] = agent, run_episodes(envs, agent, device)
+    def spy_run(envs, agent, run):
+        seen["agent"], seen["batch"] = agent, run_episodes(envs, agent, run)
         return seen["batch"]
 
     def spy_rtg(rewards, gamma, bootstrap=None):
-        final_obs = torch.as_tensor(seen["batch"][4])
         with torch.no_grad():  # V_w(s_T) of every episode, with the θ of this batch (before the update)
-            seen.update(bootstrap=bootstrap, v_final=seen["agent"].value(final_obs))
+            seen.update(bootstrap=bootstrap, v_final=seen["agent"].value(seen["batch"].final_obs))
         return reward_to_go(rewards, gamma, bootstrap)
 
     monkeypatch.setattr(module, "run_episodes", spy_run)
     monkeypatch.setattr(module, "reward_to_go", spy_rtg)
     train_cli(module, ["--env-id", "A2CTestCounting-v0", "--num-envs", "8", "--total-timesteps", "1",
                        "--eval-episodes", "0", "--log-dir", str(tmp_path), "--device", "cpu"])  # fmt: skip
-    _, _, _, alive, final_obs, cut = (torch.as_tensor(x) for x in seen["batch"])
+    alive, cut = seen["batch"].alive, seen["batch"].cut
     assert cut.any() and not cut.all()
     expected = torch.zeros_like(seen["bootstrap"])
     expected[alive.sum(0)[cut] - 1, cut.nonzero().squeeze(1)] = seen["v_final"][cut]

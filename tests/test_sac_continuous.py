@@ -158,19 +158,19 @@ def test_sac_twin_q_equals_two_separate_mlps():
 def test_sac_soft_target_by_hand():
     # rows: an ordinary step, a termination, a truncation (stored with term = 0 and its true s')
     rewards, terminations = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.0])
-    next_q = torch.tensor([[10.0, 4.0, -2.0], [8.0, 6.0, -1.0]])  # (Q'_1, Q'_2) at (s', ã')
+    next_q1, next_q2 = torch.tensor([10.0, 4.0, -2.0]), torch.tensor([8.0, 6.0, -1.0])  # Q_θ⁻_1,2 at (s', ã')
     next_logp = torch.tensor([-1.0, 0.5, 2.0])
-    y = sac.soft_td_target(rewards, terminations, next_q, next_logp, alpha=0.1, gamma=0.5)
-    # y = r + γ(1 − term)(min_j Q'_j − α log π): 1 + 0.5 (8 + 0.1), 2, 3 + 0.5 (−2 − 0.2)
+    y = sac.td_target(rewards, terminations, next_q1, next_q2, next_logp, alpha=0.1, gamma=0.5)
+    # y = r + γ(1 − term)(min_j Q_θ⁻_j − α log π): 1 + 0.5 (8 + 0.1), 2, 3 + 0.5 (−2 − 0.2)
     torch.testing.assert_close(y, torch.tensor([5.05, 2.0, 1.9]))
 
 
 def test_sac_critic_and_actor_losses_by_hand():
-    q, y = torch.tensor([[1.0, 2.0], [3.0, 0.0]]), torch.tensor([2.0, 2.0])
-    torch.testing.assert_close(sac.critic_loss(q, y), torch.tensor((1 + 0) / 2 + (1 + 4) / 2))
-    q_pi, logp = torch.tensor([[1.0, 5.0], [3.0, 2.0]]), torch.tensor([-1.0, 1.0])
+    q1, q2, y = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.0]), torch.tensor([2.0, 2.0])
+    torch.testing.assert_close(sac.critic_loss(q1, q2, y), torch.tensor((1 + 0) / 2 + (1 + 4) / 2))
+    q1_pi, q2_pi, logp = torch.tensor([1.0, 5.0]), torch.tensor([3.0, 2.0]), torch.tensor([-1.0, 1.0])
     # Ê[α log π − min_j Q_j] with α = 0.5: ((−0.5 − 1) + (0.5 − 2)) / 2
-    torch.testing.assert_close(sac.actor_loss(q_pi, logp, 0.5), torch.tensor(-1.5))
+    torch.testing.assert_close(sac.actor_loss(q1_pi, q2_pi, logp, 0.5), torch.tensor(-1.5))
 
 
 @pytest.mark.parametrize("entropy, alpha_grows", [(3.0, False), (-3.0, True)])

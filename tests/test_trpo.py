@@ -2,8 +2,6 @@
 torch.distributions; one trust-region step on a fixed batch; episode endings on a scripted env; end-to-end runs with
 a saved model; learning thresholds with fixed seeds."""
 
-from functools import partial
-
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -18,9 +16,10 @@ SPACES = {"categorical": gym.spaces.Discrete(3), "gaussian": gym.spaces.Box(-1.0
 
 
 def tiny_policy(kind: str, obs_dim=3, hidden=4, batch=16, seed=0):
-    """A float64 policy with random (not initial) parameters, a batch of observations and actions drawn from it."""
+    """A float64 agent with random (not initial) parameters, a batch of observations and actions drawn from π_θ."""
     torch.manual_seed(seed)
-    policy = trpo.Policy(obs_dim, SPACES[kind], hidden).double()
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+    policy = trpo.Agent(obs_space, SPACES[kind], hidden, normalize=False).double()
     with torch.no_grad():
         for p in policy.parameters():
             p.normal_(0.0, 0.5)
@@ -28,6 +27,16 @@ def tiny_policy(kind: str, obs_dim=3, hidden=4, batch=16, seed=0):
     with torch.no_grad():
         actions = policy.sample(policy(obs))
     return policy, obs, actions
+
+
+def theta(policy) -> list:
+    """The parameters θ that the trust-region step moves: everything but the critic's."""
+    return [p for name, p in policy.named_parameters() if not name.startswith("critic.")]
+
+
+def closed_form_kl(kind: str, dist_old, dist):
+    """KL(π_old‖π_θ) per state, by the script's closed form for the kind of policy."""
+    return (trpo.categorical_kl if kind == "categorical" else trpo.gaussian_kl)(*dist_old, *dist)
 
 
 def as_distribution(kind: str, dist):
@@ -59,22 +68,22 @@ def test_trpo_kl_and_log_probs_match_torch_distributions(kind):
     expected_logp = as_distribution(kind, new).log_prob(actions)
     if kind == "gaussian":  # independent action dimensions: sum over them
         expected_kl, expected_logp = expected_kl.sum(-1), expected_logp.sum(-1)
-    torch.testing.assert_close(policy.kl(old, new), expected_kl)
+    torch.testing.assert_close(closed_form_kl(kind, old, new), expected_kl)
     torch.testing.assert_close(policy.log_prob(new, actions), expected_logp)
 
 
-def call_with(policy, theta, obs):
-    """policy(obs) with its parameters taken from the flat vector θ (in parameters_to_vector order)."""
-    named = [(name, p.shape) for name, p in policy.named_parameters()]
-    chunks = torch.split(theta, [shape.numel() for _, shape in named])
+def call_with(policy, theta_vector, obs):
+    """policy(obs), the distribution's parameters, with θ taken from a flat vector (in parameters_to_vector order)."""
+    named = [(name, p.shape) for name, p in policy.named_parameters() if not name.startswith("critic.")]
+    chunks = torch.split(theta_vector, [shape.numel() for _, shape in named])
     return functional_call(policy, {name: t.view(shape) for (name, shape), t in zip(named, chunks)}, (obs,))
 
 
-def kl_hessian(policy, obs, dist_old, theta_old):
+def kl_hessian(kind, policy, obs, dist_old, theta_old):
     """The dense (n, n) Hessian of KL̄(θ) = Ê[KL(π_old ‖ π_θ)] at θ_old, by torch.autograd.functional.hessian."""
 
-    def mean_kl(theta):
-        return policy.kl(dist_old, call_with(policy, theta, obs)).mean()
+    def mean_kl(theta_vector):
+        return closed_form_kl(kind, dist_old, call_with(policy, theta_vector, obs)).mean()
 
     return torch.autograd.functional.hessian(mean_kl, theta_old)
 
@@ -82,12 +91,12 @@ def kl_hessian(policy, obs, dist_old, theta_old):
 @pytest.mark.parametrize("kind", SPACES)
 def test_trpo_fisher_vector_product_is_hessian_of_mean_kl(kind):
     policy, obs, _ = tiny_policy(kind)
-    theta_old = parameters_to_vector(policy.parameters()).detach()
+    theta_old = parameters_to_vector(theta(policy)).detach()
     with torch.no_grad():
         dist_old = policy(obs)
-    hessian = kl_hessian(policy, obs, dist_old, theta_old)
+    hessian = kl_hessian(kind, policy, obs, dist_old, theta_old)
     v, damping = torch.randn_like(theta_old), 0.1
-    fvp = trpo.fisher_vector_product(policy.kl(dist_old, policy(obs)).mean(), list(policy.parameters()), damping)
+    fvp = trpo.fisher_vector_product(closed_form_kl(kind, dist_old, policy(obs)).mean(), theta(policy), damping)
     torch.testing.assert_close(fvp(v), hessian @ v + damping * v)
     if kind == "categorical":  # at θ_old it is the Fisher matrix Ê[Σ_a π(a|s) ∇log π(a|s) ∇log π(a|s)ᵀ]
         jac = torch.autograd.functional.jacobian(lambda th: call_with(policy, th, obs)[0].log_softmax(-1), theta_old)
@@ -100,31 +109,34 @@ def test_trpo_fisher_vector_product_is_hessian_of_mean_kl(kind):
 def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
     policy, obs, actions = tiny_policy(kind, batch=64)
     advantages = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    params, max_kl, damping = list(policy.parameters()), 0.01, 0.1
+    params, max_kl, damping = theta(policy), 0.01, 0.1
     theta_old = parameters_to_vector(params).detach()
     with torch.no_grad():
         dist_old = policy(obs)
     old = as_distribution(kind, dist_old)
-    # the same step in dense linear algebra: x = (H + damping·I)⁻¹ g, β = √(2δ / xᵀ(H + damping·I)x)
+    # the same step in dense linear algebra: x = (H + damping·I)⁻¹ g, step scale √(2δ / xᵀ(H + damping·I)x)
 
-    def surrogate(theta):  # L(θ) = Ê[r_t(θ) Â_t], through torch.distributions
-        log_ratio = as_distribution(kind, call_with(policy, theta, obs)).log_prob(actions) - old.log_prob(actions)
+    def surrogate(theta_vector):  # L(θ) = Ê[r_t(θ) Â_t], through torch.distributions
+        dist = as_distribution(kind, call_with(policy, theta_vector, obs))
+        log_ratio = dist.log_prob(actions) - old.log_prob(actions)
         return (log_ratio.view(64, -1).sum(-1).exp() * advantages).mean()  # a Gaussian's dimensions: summed
 
     g = torch.autograd.functional.jacobian(surrogate, theta_old)
-    hessian = kl_hessian(policy, obs, dist_old, theta_old)
+    hessian = kl_hessian(kind, policy, obs, dist_old, theta_old)
     damped = hessian + damping * torch.eye(len(theta_old), dtype=torch.float64)
     x = torch.linalg.solve(damped, g)
-    beta = torch.sqrt(2 * max_kl / (x @ damped @ x))
+    step_scale = torch.sqrt(2 * max_kl / (x @ damped @ x))
 
-    stats = trpo.trpo_update(policy, obs, actions, advantages, max_kl, damping, cg_iters=len(theta_old),
-                             cg_tol=1e-12, backtrack_coef=0.8, backtrack_iters=10)  # fmt: skip
-    theta = parameters_to_vector(params).detach()
+    args = trpo.Args(target_kl=max_kl, cg_damping=damping, cg_iters=len(theta_old), cg_tol=1e-12, backtrack_coef=0.8,
+                     backtrack_iters=10)  # fmt: skip
+    stats = trpo.trpo_update(policy, obs, actions, advantages, args)
+    theta_new = parameters_to_vector(params).detach()
     assert stats["line_search_accepted"] == 1.0
-    torch.testing.assert_close(theta - theta_old, 0.8 ** (stats["line_search_steps"] - 1) * beta * x)
-    kl = kl_divergence(old, as_distribution(kind, policy(obs))).view(64, -1).sum(-1).mean().item()
-    assert 0.25 * max_kl < kl <= max_kl + 1e-12 and kl == pytest.approx(stats["kl"])
-    improvement = (surrogate(theta) - surrogate(theta_old)).item()
+    assert stats["step_scale"] == pytest.approx(step_scale.item(), rel=1e-6)
+    torch.testing.assert_close(theta_new - theta_old, 0.8 ** (stats["line_search_steps"] - 1) * step_scale * x)
+    kl_new = kl_divergence(old, as_distribution(kind, policy(obs))).view(64, -1).sum(-1).mean().item()
+    assert 0.25 * max_kl < kl_new <= max_kl + 1e-12 and kl_new == pytest.approx(stats["kl"])
+    improvement = (surrogate(theta_new) - surrogate(theta_old)).item()
     assert improvement > 0 and improvement == pytest.approx(stats["surrogate_improvement"])
 
 
@@ -132,12 +144,17 @@ def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
 def test_trpo_line_search_rejects_and_restores_parameters(why):
     policy, obs, actions = tiny_policy("categorical", batch=64)
     advantages = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    params = list(policy.parameters())
+    params = theta(policy)
     theta_old = parameters_to_vector(params).detach()
     with torch.no_grad():
         dist_old = policy(obs)
-    objectives = partial(trpo.surrogate_and_kl, policy, obs, actions, advantages, dist_old,
-                         policy.log_prob(dist_old, actions))  # fmt: skip
+        logp_old = policy.log_prob(dist_old, actions)
+
+    def objectives():  # (L(θ), KL̄(θ)) at the current θ, as trpo_update gives them to the line search
+        dist = policy(obs)
+        surr = trpo.surrogate(policy.log_prob(dist, actions), logp_old, advantages)
+        return surr, closed_form_kl("categorical", dist_old, dist).mean()
+
     surr_old = objectives()[0]
     g = trpo.flat_grad(surr_old, params)
     # uphill with δ = 1e-12, which no step of the search gets under; or downhill with a δ that every step meets
@@ -170,23 +187,23 @@ gym.register("TRPOTestEndings-v0", entry_point=EndingsEnv, max_episode_steps=4)
 
 def test_trpo_rollout_bootstraps_truncation_not_termination(monkeypatch, tmp_path):
     module, seen = load("trpo.py"), {}
-    compute_gae, fit_value = module.compute_gae, module.fit_value
+    compute_gae, trpo_update = module.compute_gae, module.trpo_update
 
     def spy_gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
         seen.update(values=values[:, 0], next_values=next_values[:, 0], term=terminations[:, 0], done=dones[:, 0])
         return compute_gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda)
 
-    def spy_fit(critic, *args):  # V before its update: the one the rollout's values came from
+    def spy_update(agent, *args):  # V before its regression: the one the rollout's values came from
         with torch.no_grad():
-            v_trajectory, v_final = (critic(torch.tensor(o, dtype=torch.float32)).squeeze(-1)
+            v_trajectory, v_final = (agent.value(torch.tensor(o, dtype=torch.float32))
                                      for o in (trajectory, [[4, 1], [4, 3]]))  # fmt: skip
         seen.update(v_trajectory=v_trajectory, v_final=v_final)
-        return fit_value(critic, *args)
+        return trpo_update(agent, *args)
 
     # episodes: steps 0-2 (k = 0, terminated), 3-6 (k = 1, truncated), 7-9 (terminated), 10-13 (truncated)
     trajectory = [[t, k] for k, length in enumerate([3, 4, 3, 4]) for t in range(length)]
     monkeypatch.setattr(module, "compute_gae", spy_gae)
-    monkeypatch.setattr(module, "fit_value", spy_fit)
+    monkeypatch.setattr(module, "trpo_update", spy_update)
     train_cli(module, ["--env-id", "TRPOTestEndings-v0", "--num-envs", "1", "--num-steps", "14", "--total-timesteps",
                        "14", "--eval-episodes", "0", "--log-dir", str(tmp_path), "--device", "cpu"])  # fmt: skip
     assert seen["term"].nonzero().flatten().tolist() == [2, 9]
@@ -210,7 +227,7 @@ def test_trpo_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     result = train_cli("trpo.py", argv)
     tags = read_scalars(result["run_dir"])
     diagnostics = ["kl", "surrogate_improvement", "line_search_steps", "line_search_accepted", "cg_residual",
-                   "step_size", "explained_variance"] + (["std"] if env_id == "InvertedPendulum-v5" else [])
+                   "step_scale", "explained_variance"] + (["std"] if env_id == "InvertedPendulum-v5" else [])
     for tag in ["charts/episodic_return", "charts/SPS", "losses/value_loss", "eval/episodic_return"] + [
         f"diagnostics/{name}" for name in diagnostics
     ]:
