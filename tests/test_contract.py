@@ -172,6 +172,9 @@ def test_contract_eval_model_refuses_files_it_cannot_use(script, tmp_path, monke
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, err)
         assert name != "other" or f"saved by {other}" in lines[0], lines
+    code, out, err = run_main(module, ["--eval-model", str(tmp_path / "other"), "--eval-episodes", "0"], monkeypatch,
+                              capsys)  # fmt: skip
+    assert code == 2 and err.strip() == f"error: {script}: --eval-model needs --eval-episodes >= 1", err
 
 
 @pytest.mark.parametrize("script", PRESENT)
