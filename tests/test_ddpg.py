@@ -61,9 +61,9 @@ def test_ddpg_smoke_hopper_saves_logs_and_evaluates_from_file(tmp_path):
 # return reaches Q one backup at a time through the Polyak target, whose time constant is 1/τ target updates, so
 # with TD3's d = 2 it spreads back half as fast (seeds 1 and 2 first reach 1000 at 28k and evaluate to 316 and 1000).
 # And 1k random steps, not 25k, leave the budget to learning. With 64-wide nets and batch 64, seeds 3 and 4 still
-# score 85 and 108 at 30k.
+# score 85 and 108 at 30k. Those settings were chosen on seeds 1-6; the test runs seeds 7 and 8, left out.
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [7, 8])
 def test_ddpg_balances_inverted_pendulum(seed, tmp_path):
     argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "30000",
             "--learning-starts", "1000", "--threads", "1",

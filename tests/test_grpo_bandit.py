@@ -195,7 +195,7 @@ def train_and_load(argv, tmp_path):
 @pytest.mark.regression
 @pytest.mark.parametrize("mode", [[], ["--scale-rewards", "none"], ["--advantage", "reinforce"]],
                          ids=["grpo", "dr_grpo", "reinforce_baseline"])  # fmt: skip
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [7, 8])
 def test_grpo_gaussian_bandit_finds_best_arm(mode, seed, tmp_path):
     # Calibrated on seeds 1-5 at 3000 pulls: best-arm probability 0.965-0.974 (≥ 0.9 from 1216-1408 pulls),
     # regret 0.20-0.22 of a uniform policy's, in all three modes.
@@ -208,10 +208,10 @@ def test_grpo_gaussian_bandit_finds_best_arm(mode, seed, tmp_path):
 
 
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [7, 8])
 def test_grpo_contextual_bandit_greedy_picks_best_arm_everywhere(seed, tmp_path):
-    # 5 contexts × 5 arms: the smallest gap μ(c, a*) − μ(c, a) is 0.37 σ. Calibrated on seeds 1-5 at 4000 pulls:
-    # greedy right in all 5 contexts on every seed, best-arm probability ≥ 0.9 from 576-768 pulls.
+    # 5 contexts × 5 arms: the smallest gap r*(c, a*) − r*(c, a) is 0.37 σ. Calibrated on seeds 1-5 at 4000 pulls:
+    # greedy right in all 5 contexts on every seed, best-arm probability ≥ 0.9 from 576-768 pulls. Tested on 7, 8.
     argv = ["--env-id", "contextual", "--num-contexts", "5", "--num-arms", "5", "--seed", str(seed),
             "--total-timesteps", "4000"]  # fmt: skip
     _, bandit, policy = train_and_load(argv, tmp_path)
