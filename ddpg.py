@@ -13,7 +13,8 @@ the target actor at s', never the probability of the stored a, so data from any 
 The actor and the targets are updated after every critic step, as in DDPG; --policy-frequency d > 1 delays them
 to every d-th step, as TD3 does. The policy lives in [−1, 1]^|A| (tanh output) and actions are rescaled affinely
 to the env's bounds when stepped, so σ is a fraction of the half-range of each action. Defaults: CleanRL's MuJoCo
-settings (batch 256, 256×256 nets, buffer 1e6, 25k random steps, lr 3e-4, σ = 0.1), with d = 1.
+settings (batch 256, 256×256 nets, buffer 1e6, lr 3e-4, σ = 0.1), with d = 1 and 5k random steps (CleanRL's 25k
+would leave a 30k-step run 5k steps of learning; 5k is sac_continuous.py's, and InvertedPendulum needs ~20k).
 
 Usage: python ddpg.py --env-id Hopper-v5
        python ddpg.py --env-id HalfCheetah-v5 --seed 3
@@ -41,7 +42,7 @@ from torch.utils.tensorboard import SummaryWriter
 @dataclass
 class Args:
     buffer_size: int = 1_000_000  # replay buffer capacity in transitions (FIFO)
-    learning_starts: int = 25_000  # uniformly random actions and no updates for this many env steps
+    learning_starts: int = 5_000  # uniformly random actions and no updates for this many env steps
     batch_size: int = 256  # transitions per gradient step, sampled uniformly from the buffer
     gamma: float = 0.99  # γ: discount factor, typically 0.98-0.999
     tau: float = 0.005  # τ: Polyak rate of the targets, θ⁻ ← τθ + (1 − τ)θ⁻; typically 0.005-0.01

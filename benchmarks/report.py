@@ -33,6 +33,7 @@ RL_ZOO = "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md"
 RL_ZOO_NOTE = "RL-Zoo (SB3), one trained agent, ± over its evaluation episodes"
 CLEANRL = "https://docs.cleanrl.dev/rl-algorithms/"
 CLEANRL_NOTE = "CleanRL, 3 seeds, training episodic return"
+RL_ZOO_TD3_NOTE = "RL-Zoo (SB3) TD3, no DDPG row, one trained agent, ± over its evaluation episodes"
 # Published results beside ours: (script stem, env) -> [(who, value, budget, source)]. Only numbers read in the
 # cited source; older env versions (Hopper-v3) differ from v5 in details. Spinning Up publishes curves, not tables.
 PUBLISHED = {
@@ -40,7 +41,15 @@ PUBLISHED = {
                              (RL_ZOO_NOTE, "500.00 ± 0.00", "100k", RL_ZOO)],
     ("ppo", "Acrobot-v1"): [(CLEANRL_NOTE, "-86.36 ± 1.32", "500k", CLEANRL + "ppo/#experiment-results"),
                             (RL_ZOO_NOTE, "-73.51 ± 18.20", "1M", RL_ZOO)],
-    ("ppo", "Hopper-v5"): [(RL_ZOO_NOTE + ", Hopper-v3", "2410.44 ± 10.03", "1M", RL_ZOO)],
+    ("ppo", "Hopper-v5"): [(CLEANRL_NOTE + ", Hopper-v4", "2382.86 ± 271.74", "1M",
+                            CLEANRL + "ppo/#experiment-results_2"),
+                           (RL_ZOO_NOTE + ", Hopper-v3", "2410.44 ± 10.03", "1M", RL_ZOO)],
+    ("ppo", "HalfCheetah-v5"): [(CLEANRL_NOTE + ", HalfCheetah-v4", "1442.64 ± 46.03", "1M",
+                                 CLEANRL + "ppo/#experiment-results_2"),
+                                (RL_ZOO_NOTE + ", HalfCheetah-v3", "5819.10 ± 663.53", "1M", RL_ZOO)],
+    ("ppo", "Walker2d-v5"): [(CLEANRL_NOTE + ", Walker2d-v4", "2287.95 ± 571.78", "1M",
+                              CLEANRL + "ppo/#experiment-results_2"),
+                             (RL_ZOO_NOTE + ", Walker2d-v3", "3478.80 ± 821.71", "1M", RL_ZOO)],
     ("dqn", "CartPole-v1"): [("CleanRL, training episodic return", "488.69 ± 16.11", "500k",
                               CLEANRL + "dqn/#experiment-results_1"), (RL_ZOO_NOTE, "500.00 ± 0.00", "50k", RL_ZOO)],
     ("dqn", "Acrobot-v1"): [("CleanRL, training episodic return", "-91.54 ± 7.20", "500k",
@@ -48,23 +57,37 @@ PUBLISHED = {
     ("a2c", "CartPole-v1"): [(RL_ZOO_NOTE, "500.00 ± 0.00", "500k", RL_ZOO)],
     ("a2c", "Acrobot-v1"): [(RL_ZOO_NOTE, "-83.35 ± 17.21", "500k", RL_ZOO)],
     ("a2c", "Hopper-v5"): [(RL_ZOO_NOTE + ", Hopper-v3", "733.45 ± 376.57", "1M", RL_ZOO)],
+    ("a2c", "HalfCheetah-v5"): [(RL_ZOO_NOTE + ", HalfCheetah-v3", "3041.17 ± 157.27", "1M", RL_ZOO)],
+    # a2c on Walker2d: RL-Zoo's table has no row, CleanRL has no continuous A2C
     ("trpo", "CartPole-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "500.00 ± 0.00", "100k", RL_ZOO)],
     ("trpo", "Acrobot-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "-83.11 ± 18.65", "100k", RL_ZOO)],
     ("trpo", "Hopper-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Hopper-v3", "3618.39 ± 356.77", "1M", RL_ZOO)],
+    ("trpo", "HalfCheetah-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), HalfCheetah-v3", "1785.48 ± 68.67", "1M", RL_ZOO)],
+    ("trpo", "Walker2d-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Walker2d-v3", "4933.15 ± 1452.54", "1M", RL_ZOO)],
     ("sac_continuous", "Hopper-v5"): [("CleanRL, training episodic return, Hopper-v2", "2310.46 ± 342.82", "1M",
                                        CLEANRL + "sac/#experiment-results"),
                                       (RL_ZOO_NOTE + ", Hopper-v3", "2325.55 ± 1129.68", "1M", RL_ZOO)],
     ("sac_continuous", "InvertedPendulum-v5"): [("CleanRL, training episodic return, InvertedPendulum-v4",
                                                  "909.37 ± 55.66", "1M", CLEANRL + "sac/#experiment-results")],
-    ("ddpg", "Hopper-v5"): [(CLEANRL_NOTE + ", Hopper-v2", "1007.44 ± 148.29", "1M",
-                             CLEANRL + "ddpg/#experiment-results")],
-    ("ddpg", "InvertedPendulum-v5"): [(CLEANRL_NOTE + ", InvertedPendulum-v2", "684.61 ± 94.41", "1M",
-                                       CLEANRL + "ddpg/#experiment-results")],
     ("sac_continuous", "HalfCheetah-v5"): [("CleanRL, training episodic return, HalfCheetah-v2", "9634.89 ± 1423.73",
                                             "1M", CLEANRL + "sac/#experiment-results"),
                                            (RL_ZOO_NOTE + ", HalfCheetah-v3", "9535.45 ± 100.47", "1M", RL_ZOO)],
-    ("ddpg", "HalfCheetah-v5"): [(CLEANRL_NOTE + ", HalfCheetah-v2", "10210.57 ± 196.22", "1M",
-                                  CLEANRL + "ddpg/#experiment-results")],
+    ("sac_continuous", "Walker2d-v5"): [("CleanRL, training episodic return, Walker2d-v2", "3591.45 ± 911.33", "1M",
+                                         CLEANRL + "sac/#experiment-results"),
+                                        (RL_ZOO_NOTE + ", Walker2d-v3", "3863.20 ± 254.35", "1M", RL_ZOO)],
+    # ddpg: CleanRL's table is on v4 (its older v2 figures now sit only under ddpg_continuous_action_jax.py); RL-Zoo
+    # has no DDPG row for MuJoCo, so its TD3 (DDPG plus clipped double-Q, target smoothing, delayed actor) stands in
+    ("ddpg", "Hopper-v5"): [(CLEANRL_NOTE + ", Hopper-v4", "1576.78 ± 818.98", "1M",
+                             CLEANRL + "ddpg/#experiment-results"),
+                            (RL_ZOO_TD3_NOTE + ", Hopper-v3", "3606.39 ± 4.03", "1M", RL_ZOO)],
+    ("ddpg", "InvertedPendulum-v5"): [(CLEANRL_NOTE + ", InvertedPendulum-v4", "642.68 ± 69.56", "1M",
+                                       CLEANRL + "ddpg/#experiment-results")],
+    ("ddpg", "HalfCheetah-v5"): [(CLEANRL_NOTE + ", HalfCheetah-v4", "10374.07 ± 157.37", "1M",
+                                  CLEANRL + "ddpg/#experiment-results"),
+                                 (RL_ZOO_TD3_NOTE + ", HalfCheetah-v3", "9655.67 ± 969.92", "1M", RL_ZOO)],
+    ("ddpg", "Walker2d-v5"): [(CLEANRL_NOTE + ", Walker2d-v4", "1240.16 ± 390.10", "1M",
+                               CLEANRL + "ddpg/#experiment-results"),
+                              (RL_ZOO_TD3_NOTE + ", Walker2d-v3", "4717.82 ± 46.30", "1M", RL_ZOO)],
 }  # fmt: skip
 
 
@@ -77,6 +100,7 @@ class Args:
     curve_tags: tuple[str, ...] = (RETURN,)  # tags to plot, one PNG per env and tag
     thresholds: dict[str, float] = field(default_factory=dict)  # env id -> threshold (default: the env's return one)
     threshold_tag: str = RETURN  # the tag compared with the threshold, e.g. charts/best_arm_prob for the bandits
+    env_tags: dict[str, str] = field(default_factory=dict)  # env id -> its own threshold tag, in a report of many envs
     window: int = 10  # trailing mean over this many logged training returns, for curves and the threshold
     overlay: tuple[str, ...] = ()  # tags drawn together in {env}__overlay.png, one panel per script
     final_tags: tuple[str, ...] = ()  # tags whose last logged value (mean ± std over seeds) gets a table per env
@@ -262,22 +286,24 @@ def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float],
     return "\n".join(lines) + "\n"
 
 
-def robustness(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float]) -> str:
-    """Per script: how many seeds' final evaluation reaches the threshold, the median and worst of them, and the
-    median wall time, the figures a user running `--seed 5` cares about."""
-    t = "—" if threshold is None else f"{threshold:g}"
-    lines = [f"| script | seeds | eval ≥ {t} | median eval | worst eval (seed) | median wall time (s) |",
+def robustness(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float], tag: str = EVAL) -> str:
+    """Per script: how many seeds' final evaluation (or final value of another tag) reaches the threshold, the
+    median and worst of them, and the median wall time, the figures a user running `--seed 5` cares about."""
+    t, name = "—" if threshold is None else f"{threshold:g}", "eval" if tag == EVAL else f"final {tag}"
+    lines = [f"| script | seeds | {name} ≥ {t} | median {name} | worst {name} (seed) | median wall time (s) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for script, runs in groups.items():
-        evals = {r.seed: last(r, EVAL) for r in runs if last(r, EVAL) is not None}
+        evals = {r.seed: last(r, tag) for r in runs if last(r, tag) is not None}
         if not evals:
             continue
         worst = min(evals, key=evals.get)
         reached = "—" if threshold is None else f"{sum(v >= threshold for v in evals.values())}/{len(evals)}"
         walls = [r.wall_time for r in runs if r.wall_time is not None]
         wall = f"{np.median(walls):.1f}" if walls else "—"
-        lines.append(f"| {script} | {len(evals)} | {reached} | {np.median(list(evals.values())):.1f} | "
-                     f"{evals[worst]:.1f} ({worst}) | {wall} |")  # fmt: skip
+        median, worst_value = np.median(list(evals.values())), evals[worst]
+        digits = 1 if abs(median) >= 10 else 3  # returns to 0.1; a probability like best_arm_prob to 0.001
+        lines.append(f"| {script} | {len(evals)} | {reached} | {median:.{digits}f} | "
+                     f"{worst_value:.{digits}f} ({worst}) | {wall} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -299,24 +325,24 @@ def main(args: Args) -> Path:
                 if any(r.code for r in runs) else "",
                 "Eval return: the final `eval/episodic_return` (deterministic policy) of each seed, mean ± std over "
                 f"seeds. Steps to threshold: first step where the mean of the last {args.window} logged values of "
-                f"`{args.threshold_tag}` reaches it, averaged over the seeds that reach it. Steps/s: the script's "
-                "own `charts/SPS` (training loop); wall time: the whole process, start-up and evaluation "
-                "included.\n"]  # fmt: skip
+                f"`{args.threshold_tag}` (or the tag its table names) reaches it, averaged over the seeds that reach "
+                "it. Steps/s: the script's own `charts/SPS` (training loop); wall time: the whole process, start-up "
+                "and evaluation included.\n"]  # fmt: skip
     for env, groups in by_env.items():
-        threshold = env_threshold(env, args.thresholds)
-        if args.threshold_tag != RETURN and env not in args.thresholds:
+        threshold, tag = env_threshold(env, args.thresholds), args.env_tags.get(env, args.threshold_tag)
+        if tag != RETURN and env not in args.thresholds:
             threshold = None  # the env's reward threshold is about returns, not about another tag
-        sections.append(table(env, groups, threshold, args.window, args.threshold_tag))
+        sections.append(table(env, groups, threshold, args.window, tag))
         if args.final_tags:
             sections.append(final_table(groups, args.final_tags))
         if args.overlay:
             plot_overlay(groups, env, args.overlay, args.window, out / f"{env}__overlay.png")
             sections.append(f"![{env} {', '.join(args.overlay)}]({env}__overlay.png)\n")
-        sections.append(robustness(env, groups, threshold))
-        for tag in args.curve_tags:
-            name = f"{env}__{tag.replace('/', '_')}.png"
-            plot(groups, env, tag, threshold, args.threshold_tag, args.window, out / name)
-            sections.append(f"![{env} {tag}]({name})\n")
+        sections.append(robustness(env, groups, threshold, EVAL if tag == RETURN else tag))
+        for curve in args.curve_tags:
+            name = f"{env}__{curve.replace('/', '_')}.png"
+            plot(groups, env, curve, threshold, tag, args.window, out / name)
+            sections.append(f"![{env} {curve}]({name})\n")
     (out / "README.md").write_text("\n".join(s for s in sections if s))
     print(f"wrote {out / 'scalars.csv'}, {out / 'README.md'} and the plots of {len(runs)} runs")
     return out

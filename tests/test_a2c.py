@@ -116,8 +116,10 @@ def test_a2c_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
         assert ckpt["model"]["obs_rms.count"] > 500 and ckpt["model"]["obs_rms.var"].ne(1.0).all()
 
 
+# Held-out seeds: the defaults were calibrated on seeds 1 and 2; benchmarks/results/seeds has every script at its
+# defaults on seeds 1-10 (`python benchmarks/run.py --suite seeds`).
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [3, 4])
 def test_a2c_solves_cartpole_in_200k_steps(seed, tmp_path):
     result = train_cli("a2c.py", ["--seed", str(seed), "--log-dir", str(tmp_path), "--device", "cpu"])
     assert result["steps"] <= 200_000

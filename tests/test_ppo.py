@@ -177,8 +177,10 @@ def test_ppo_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
 
 
+# Held-out seeds: the defaults were calibrated on seeds 1 and 2; benchmarks/results/seeds has every script at its
+# defaults on seeds 1-10 (`python benchmarks/run.py --suite seeds`).
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [3, 4])
 def test_ppo_solves_cartpole_in_100k_steps(seed, tmp_path):
     result = train_cli("ppo.py", ["--seed", str(seed), "--log-dir", str(tmp_path), "--device", "cpu"])
     assert result["steps"] <= 100_000
@@ -186,7 +188,7 @@ def test_ppo_solves_cartpole_in_100k_steps(seed, tmp_path):
 
 
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [3, 4])
 def test_ppo_balances_inverted_pendulum(seed, tmp_path):
     argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "150000",
             "--log-dir", str(tmp_path), "--device", "cpu"]  # fmt: skip

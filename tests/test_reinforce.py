@@ -268,8 +268,10 @@ def test_reinforce_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     assert ("losses/value_loss" in tags) == (env_id == "InvertedPendulum-v5")  # only the learned baseline has one
 
 
+# Held-out seeds: the defaults were calibrated on seeds 1 and 2; benchmarks/results/seeds has every script at its
+# defaults on seeds 1-10 (`python benchmarks/run.py --suite seeds`).
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [3, 4])
 def test_reinforce_with_learned_baseline_solves_cartpole(seed, tmp_path):
     # the last batch of 16 episodes may overshoot the budget by up to 16 * 500 steps
     argv = ["--seed", str(seed), "--total-timesteps", "290000", "--log-dir", str(tmp_path), "--device", "cpu"]

@@ -196,8 +196,9 @@ def test_sac_smoke_hopper_saves_logs_and_evaluates_from_file(tmp_path):
 
 # Calibration, these settings at 20k steps: seeds 1-4 all evaluate to 1000; the training return first reaches 1000
 # between 14k and 16k steps (`python sac_continuous.py --env-id InvertedPendulum-v5 --seed S` plus these flags).
+# The test runs seeds 5 and 6, left out of that calibration.
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [5, 6])
 def test_sac_balances_inverted_pendulum(seed, tmp_path):
     argv = ["--env-id", "InvertedPendulum-v5", "--seed", str(seed), "--total-timesteps", "20000",
             "--learning-starts", "1000", "--hidden", "64", "--batch-size", "64", "--threads", "1",
