@@ -286,9 +286,11 @@ def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float],
     return "\n".join(lines) + "\n"
 
 
-def robustness(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float], tag: str = EVAL) -> str:
-    """Per script: how many seeds' final evaluation (or final value of another tag) reaches the threshold, the
-    median and worst of them, and the median wall time, the figures a user running `--seed 5` cares about."""
+def robustness(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float], tag: str = RETURN) -> str:
+    """Per script: how many seeds reach the threshold at the end, by the final evaluation when the threshold is about
+    returns (else by the last value of its tag), the median and worst of them, and the median wall time: the
+    figures a user running `--seed 5` cares about."""
+    tag = EVAL if tag == RETURN else tag
     t, name = "—" if threshold is None else f"{threshold:g}", "eval" if tag == EVAL else f"final {tag}"
     lines = [f"| script | seeds | {name} ≥ {t} | median {name} | worst {name} (seed) | median wall time (s) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -338,7 +340,7 @@ def main(args: Args) -> Path:
         if args.overlay:
             plot_overlay(groups, env, args.overlay, args.window, out / f"{env}__overlay.png")
             sections.append(f"![{env} {', '.join(args.overlay)}]({env}__overlay.png)\n")
-        sections.append(robustness(env, groups, threshold, EVAL if tag == RETURN else tag))
+        sections.append(robustness(env, groups, threshold, tag))
         for curve in args.curve_tags:
             name = f"{env}__{curve.replace('/', '_')}.png"
             plot(groups, env, curve, threshold, tag, args.window, out / name)

@@ -118,8 +118,8 @@ def test_benchmarks_report_figures_match_hand_computed(tmp_path):
     assert "490.04 ± 6.12" in table  # CleanRL's published figure, with its source
     # the robustness table: seeds whose final evaluation reaches the threshold, median and worst, median wall time
     assert "| ppo | 2 | 1/2 | 150.0 | 100.0 (1) | 15.0 |" in report.robustness("CartPole-v1", {"ppo": runs}, 150.0)
-    # ... or the final value of another tag (grpo's best-arm probability): here the last returns, 40 and 80
-    assert "| ppo | 2 | 1/2 | 60.0 | 40.0 (1) | 15.0 |" in report.robustness("b", {"ppo": runs}, 50.0, report.RETURN)
+    # ... or, for a threshold on another tag (grpo's best-arm probability), its last value: here SPS, 1000 and 3000
+    assert "| ppo | 2 | 1/2 | 2000.0 | 1000.0 (1) | 15.0 |" in report.robustness("b", {"ppo": runs}, 2000.0, report.SPS)
 
 
 def test_benchmarks_throughput_sb3_ppo_matches_our_settings_and_network():
