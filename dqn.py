@@ -1,11 +1,13 @@
 """DQN: deep Q-learning with experience replay and a target network, for Discrete action spaces.
 
-Deep Q-Network (Mnih et al. 2015, Nature 518:529), with Double DQN as an option (van Hasselt et al. 2016,
-arXiv:1509.06461). Off-policy: ε-greedy actions fill a replay buffer of transitions (s, a, r, s', term), and the
-Q-network is fitted to bootstrapped targets on uniform minibatches of it ("mini-batch Q-learning"):
+Deep Q-Network (Mnih et al. 2015, Nature 518:529), with Double DQN (van Hasselt et al. 2016, arXiv:1509.06461)
+and n-step targets (Sutton & Barto 2018, ch. 7; Hessel et al. 2018, arXiv:1710.02298) as options. Off-policy:
+ε-greedy actions fill a replay buffer of transitions (s, a, r, s', term), and the Q-network is fitted to
+bootstrapped targets on uniform minibatches of it ("mini-batch Q-learning"):
 
   y        = r + γ (1 − term) max_a' Q_θ⁻(s', a')                  td_target; a terminal s' has value 0
   y_double = r + γ (1 − term) Q_θ⁻(s', argmax_a' Q_θ(s', a'))       the online net picks a', θ⁻ evaluates it
+  y_n      = R_t^(n) + γ^n (1 − term) max_a' Q_θ⁻(s_{t+n}, a')     R_t^(n) = r_t + γ r_{t+1} + … + γ^{n−1} r_{t+n−1}
   L(θ)     = Ê[ℓ(Q_θ(s, a) − y)],   ℓ = Huber or squared error;     y is held fixed (no gradient through it)
   θ⁻       ← τ θ + (1 − τ) θ⁻  every C gradient steps               τ = 1: the paper's hard copy
 
@@ -13,17 +15,21 @@ Why the pieces: the buffer breaks the correlation of consecutive samples and reu
 an on-policy method cannot: its gradient needs samples of the current policy); the slowly-moving target network
 θ⁻ keeps y from chasing Q_θ after every step; Double DQN removes the upward bias of max over noisy estimates.
 SARSA would bootstrap from the action actually taken next, r + γ Q(s', a'); Q-learning's max learns the greedy
-policy whatever the behaviour policy is, which is what makes replay of old ε-greedy data valid.
+policy whatever the behaviour policy is, which is what makes replay of old ε-greedy data valid. y_n gives a little
+of that up: its rewards after r_t follow an older ε-greedy policy, not the greedy one, a bias it leaves uncorrected
+(as Rainbow does, for small n); in exchange a reward travels n steps back per copy of θ⁻ instead of one.
 
 Exploration: with probability ε a uniform random action, else argmax_a Q_θ(s, a), so the greedy action has
 probability 1 − ε + ε/|A|; ε decays linearly. A time-limit truncation is not a terminal state: its transition
-keeps the true last observation as s' and bootstraps. Defaults: tuned for CartPole-v1 (seeds 11-20), 50k steps.
+keeps the true last observation as s' and bootstraps. Defaults: tuned for CartPole-v1 (seeds 11-20, n on 11-30),
+50k steps.
 
 Usage: python dqn.py --env-id CartPole-v1
        python dqn.py --env-id Acrobot-v1 --double --total-timesteps 100000
        python dqn.py --eval-model runs/<run>/dqn.pt
 """
 
+import collections
 import copy
 import math
 import os
@@ -51,6 +57,7 @@ class Args:
     learning_starts: int = 1_000  # environment steps of uniform random actions before the first gradient step
     batch_size: int = 128  # B: transitions per minibatch, typically 32-256 (128: chosen on seeds 11-20)
     gamma: float = 0.99  # γ: discount factor, typically 0.95-0.999
+    n_step: int = 6  # n of y_n, typically 1-10; 1 is the paper's one-step target (6: 20/20 on seeds 11-30, 1: 15/20)
     train_freq: int = 256  # environment steps (summed over the N envs) between training phases
     gradient_steps: int = 64  # G: gradient steps in each training phase (64 per 256 env steps: chosen on seeds 11-20)
     target_update_interval: int = 64  # C: update θ⁻ every C gradient steps (64, once per phase; 16-32 let Q run away)
@@ -81,9 +88,10 @@ class Args:
 
 
 # ── The Q-learning target and loss, the target network, ε-greedy exploration ──
-def td_target(rewards, terminations, next_q_target, gamma: float, next_q_online=None):
+def td_target(rewards, terminations, next_q_target, gamma, next_q_online=None):
     """y for a batch, from next_q_target = Q_θ⁻(s', ·) and (Double DQN only) next_q_online = Q_θ(s', ·), both
-    (B, |A|). Give it values computed without gradient: y is a fixed regression target, not something to move."""
+    (B, |A|). Give it values computed without gradient: y is a fixed regression target, not something to move.
+    For m-step transitions, rewards holds R_t^(m), s' is s_{t+m} and gamma is each row's γ^m."""
     if next_q_online is None:
         # y = r + γ (1 − term) max_a' Q_θ⁻(s', a')
         next_values = next_q_target.max(1).values
@@ -98,6 +106,14 @@ def td_loss(q_taken, td_target, kind: str):
     """L(θ) = Ê[ℓ(Q_θ(s, a) − y)] with ℓ(δ) = δ²/2 for |δ| ≤ 1 and |δ| − 1/2 beyond (Huber: its gradient is the
     TD error clipped to [−1, 1], the paper's "error clipping"), or ℓ(δ) = δ² (mse)."""
     return F.smooth_l1_loss(q_taken, td_target) if kind == "huber" else F.mse_loss(q_taken, td_target)
+
+
+def n_step_return(rewards, gamma: float) -> float:
+    """R_t^(m) = r_t + γ r_{t+1} + … + γ^{m−1} r_{t+m−1} of m consecutive rewards, computed backwards (R ← r + γR)."""
+    R = 0.0
+    for r in reversed(rewards):
+        R = r + gamma * R
+    return R
 
 
 # The target network θ⁻ follows θ: a hard copy every C gradient steps (τ = 1), or Polyak averaging (small τ).
@@ -143,8 +159,9 @@ def make_agent(args: Args, obs_space, act_space) -> QNetwork:
 
 
 class ReplayBuffer:
-    """Experience replay: a preallocated FIFO ring of transitions (s, a, r, s', term), sampled uniformly.
-    Only `terminated` is stored: a truncated transition keeps its true s' and bootstraps like any other."""
+    """Experience replay: a preallocated FIFO ring of transitions (s, a, r, s', term, γ^m), sampled uniformly; γ^m
+    discounts the bootstrap of an m-step transition (γ for one step). Only `terminated` is stored: a truncated
+    transition keeps its true s' and bootstraps like any other."""
 
     def __init__(self, capacity: int, obs_shape: tuple, act_shape: tuple, act_dtype, device: torch.device):
         self.obs = np.zeros((capacity, *obs_shape), dtype=np.float32)
@@ -152,21 +169,42 @@ class ReplayBuffer:
         self.actions = np.zeros((capacity, *act_shape), dtype=act_dtype)
         self.rewards = np.zeros(capacity, dtype=np.float32)
         self.terminations = np.zeros(capacity, dtype=np.float32)
+        self.discounts = np.zeros(capacity, dtype=np.float32)
         self.capacity, self.pos, self.size, self.device = capacity, 0, 0, device
 
-    def add(self, obs, actions, rewards, next_obs, terminations):
-        """Store one transition per env (arrays with a leading N axis); once full, the oldest are overwritten."""
+    def add(self, obs, actions, rewards, next_obs, terminations, discounts):
+        """Store transitions (arrays with a leading axis, one row each); once full, the oldest are overwritten."""
         idx = (self.pos + np.arange(len(obs))) % self.capacity
         self.obs[idx], self.actions[idx], self.rewards[idx] = obs, actions, rewards
-        self.next_obs[idx], self.terminations[idx] = next_obs, terminations
+        self.next_obs[idx], self.terminations[idx], self.discounts[idx] = next_obs, terminations, discounts
         self.pos = (self.pos + len(obs)) % self.capacity
         self.size = min(self.size + len(obs), self.capacity)
 
     def sample(self, batch_size: int):
-        """A uniform minibatch (with replacement) of the filled slots, as tensors (s, a, r, s', term)."""
+        """A uniform minibatch (with replacement) of the filled slots, as tensors (s, a, r, s', term, γ^m)."""
         idx = np.random.randint(0, self.size, size=batch_size)
-        data = (self.obs, self.actions, self.rewards, self.next_obs, self.terminations)
+        data = (self.obs, self.actions, self.rewards, self.next_obs, self.terminations, self.discounts)
         return tuple(torch.as_tensor(x[idx], device=self.device) for x in data)
+
+
+class NStepWindow:
+    """Turns each env's steps into n-step transitions (s_t, a_t, R_t^(m), s_{t+m}, term, γ^m) for the buffer, with
+    m = n, or fewer for the last steps of an episode: they are all emitted when it ends, so no return crosses a
+    reset, and only a terminal s_{t+m} zeroes the bootstrap. n = 1 passes each step on as (s, a, r, s', term, γ)."""
+
+    def __init__(self, n: int, num_envs: int, gamma: float):
+        self.n, self.gamma, self.windows = n, gamma, [collections.deque() for _ in range(num_envs)]
+
+    def push(self, obs, actions, rewards, next_obs, terminated, truncated) -> list:
+        """Add one step of each env (next_obs: the true s_{t+1}); return the transitions it completes."""
+        done = []
+        for i, window in enumerate(self.windows):
+            window.append((obs[i], actions[i], rewards[i]))
+            while len(window) == self.n or (window and (terminated[i] or truncated[i])):
+                m, R = len(window), n_step_return([r for _, _, r in window], self.gamma)
+                s, a, _ = window.popleft()
+                done.append((s, a, R, next_obs[i], terminated[i], self.gamma**m))
+        return done
 
 
 def final_observations(next_obs: np.ndarray, info: dict) -> np.ndarray:
@@ -182,12 +220,12 @@ def final_observations(next_obs: np.ndarray, info: dict) -> np.ndarray:
 # ── Training: act ε-greedily → store → sample → td_target → gradient step → target update → log ──
 def gradient_step(q_network: QNetwork, target_network: QNetwork, optimizer, batch: tuple, args: Args):
     """One step on L(θ) for a minibatch (s, a, r, s', term); returns the TD loss and Q_θ(s, a), detached."""
-    obs, actions, rewards, next_obs, terminations = batch
+    obs, actions, rewards, next_obs, terminations, discounts = batch
     with torch.no_grad():  # y is a fixed target: no gradient flows through Q_θ⁻(s', ·), nor the online choice of a'
         next_q_target = target_network(next_obs)  # Q_θ⁻(s', ·), (B, |A|)
         next_q_online = q_network(next_obs) if args.double else None  # Double DQN: Q_θ(s', ·) picks a'
     q_taken = q_network(obs).gather(1, actions.unsqueeze(1)).squeeze(1)  # Q_θ(s, a), (B,)
-    loss = td_loss(q_taken, td_target(rewards, terminations, next_q_target, args.gamma, next_q_online), args.loss)
+    loss = td_loss(q_taken, td_target(rewards, terminations, next_q_target, discounts, next_q_online), args.loss)
     check_finite(td_loss=loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -204,6 +242,7 @@ def train(args: Args) -> dict:
     # fused=True: one kernel for all parameters, several times faster steps than the default on CPU
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)
     rb = ReplayBuffer(args.buffer_size, obs_space.shape, (), np.int64, device)
+    window = NStepWindow(args.n_step, args.num_envs, args.gamma)
     N, decay_steps, num_updates = args.num_envs, args.exploration_fraction * args.total_timesteps, 0
     iterations = num_iterations(args, N)
     obs, _ = envs.reset(seed=args.seed)
@@ -211,7 +250,7 @@ def train(args: Args) -> dict:
         for _ in range(iterations):
             run.step += N  # counts this iteration's steps: ε, the training phases and the logs go by it
 
-            # ---- act ε-greedily in the N envs, store (s, a, r, s', term) ----
+            # ---- act ε-greedily in the N envs, store n-step transitions (s, a, R, s', term, γ^m) ----
             # until learning starts, a uniform random policy fills the buffer (the paper's "replay start")
             epsilon = linear_schedule(args.start_e, args.end_e, decay_steps, run.step)
             epsilon = 1.0 if run.step < args.learning_starts else epsilon
@@ -220,7 +259,9 @@ def train(args: Args) -> dict:
             run.log_episodes(info)
             # s' is the true last observation where an episode ended (not the next episode's first), and only
             # `terminated` zeroes the bootstrap: a time-limit truncation keeps γ max Q(s') in its target.
-            rb.add(obs, actions, rewards, final_observations(next_obs, info), terminated)
+            transitions = window.push(obs, actions, rewards, final_observations(next_obs, info), terminated, truncated)
+            if transitions:
+                rb.add(*(np.array(x) for x in zip(*transitions)))
             obs = next_obs
             if run.step % args.train_freq:  # a training phase every train_freq env steps, once learning starts
                 continue
@@ -252,8 +293,9 @@ def check_args(args: Args, obs_space, act_space):
     """Refuse, in one line, what cannot work."""
     check(
         check_spaces(args.env_id, obs_space, act_space, gym.spaces.Discrete),
-        (min(args.num_envs, args.batch_size, args.gradient_steps, args.target_update_interval, args.hidden) >= 1,
-         "--num-envs, --batch-size, --gradient-steps, --target-update-interval and --hidden must be >= 1"),
+        (min(args.num_envs, args.batch_size, args.gradient_steps, args.target_update_interval, args.hidden,
+             args.n_step) >= 1,
+         "--num-envs, --batch-size, --gradient-steps, --target-update-interval, --hidden and --n-step must be >= 1"),
     )  # fmt: skip
     check(  # after the sizes, which these divide by
         (args.train_freq >= 1 and args.train_freq % args.num_envs == 0,

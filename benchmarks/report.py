@@ -6,8 +6,9 @@ Reads every TensorBoard run under --log-dir (run.py's --out, or a plain `runs/` 
 folder is named {env_id}__{exp_name}__{seed}__{unix_time}. Writes to --out:
 - scalars.csv: one row per logged scalar: run, script, env, seed, step, tag, value (script = the run's exp name);
 - {env}__{tag}.png: per env and tag, the mean over seeds and a band of ± one standard deviation, x = env steps;
-- README.md: per env, one row per script: final evaluation return (mean ± std over seeds), steps until the training
-  return first reaches the threshold, steps per second, wall time, beside published numbers with their source.
+- README.md: per env, one row per script: final evaluation return and final training return (mean ± std over seeds),
+  steps until the training return first reaches the threshold, steps per second, wall time, beside published numbers
+  with their source (CleanRL and Spinning Up's on-policy curves publish a training return, RL Zoo an evaluation).
 
 Curves and the threshold use the trailing mean of the last --window logged training returns of each run; the
 threshold defaults to the env's registered reward_threshold (CartPole-v1 475, Acrobot-v1 -100, ...). Standard
@@ -196,6 +197,8 @@ def summarize(runs: list[RunLog], threshold: Optional[float], window: int, tag: 
         "seeds": len(runs),
         "budget": max(max(s for s, _ in pts) for r in runs for pts in r.scalars.values()),
         "eval": mean_std([last(r, EVAL) for r in runs]),
+        "train": mean_std([smoothed(r.scalars[RETURN], window)[1][-1] if r.scalars.get(RETURN) else None
+                           for r in runs]),  # fmt: skip
         "reached": sum(h is not None for h in hits),
         "steps_to_threshold": mean_std(hits),
         "sps": mean_std([last(r, SPS) for r in runs]),
@@ -274,13 +277,14 @@ def table(env: str, groups: dict[str, list[RunLog]], threshold: Optional[float],
     t = "—" if threshold is None else f"{threshold:g}"
     t = t if tag == RETURN else f"{tag.split('/')[-1]} {t}"
     lines = [f"## {env}\n",
-             f"| script | seeds | steps | eval return | steps to {t} (seeds reaching it) | steps/s | wall time (s) | "
-             "published (source, budget) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"| script | seeds | steps | eval return | training return (last {window}) | steps to {t} (seeds "
+             "reaching it) | steps/s | wall time (s) | published (source, budget) |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for script, runs in groups.items():
         s = summarize(runs, threshold, window, tag)
         published = "<br>".join(f"{v} at {budget}: [{who}]({url})"
                                 for who, v, budget, url in PUBLISHED.get((runs[0].stem, env), []))  # fmt: skip
-        lines.append(f"| {script} | {s['seeds']} | {s['budget']:,} | {fmt(s['eval'])} | "
+        lines.append(f"| {script} | {s['seeds']} | {s['budget']:,} | {fmt(s['eval'])} | {fmt(s['train'])} | "
                      f"{fmt(s['steps_to_threshold'], 0)} ({s['reached']}/{s['seeds']}) | {fmt(s['sps'], 0)} | "
                      f"{fmt(s['wall_time'])} | {published or '—'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -326,7 +330,9 @@ def main(args: Args) -> Path:
                 "Runs made at: " + "; ".join(sorted({r.code for r in runs if r.code})) + "\n"
                 if any(r.code for r in runs) else "",
                 "Eval return: the final `eval/episodic_return` (deterministic policy) of each seed, mean ± std over "
-                f"seeds. Steps to threshold: first step where the mean of the last {args.window} logged values of "
+                f"seeds. Training return: the mean of each seed's last {args.window} logged `{RETURN}` (the "
+                "exploring policy, as CleanRL reports), mean ± std over seeds. Steps to threshold: first step where "
+                f"the mean of the last {args.window} logged values of "
                 f"`{args.threshold_tag}` (or the tag its table names) reaches it, averaged over the seeds that reach "
                 "it. Steps/s: the script's own `charts/SPS` (training loop); wall time: the whole process, start-up "
                 "and evaluation included.\n"]  # fmt: skip

@@ -256,8 +256,9 @@ def main(args: Args) -> int:
         print(f"error: benchmarks/run.py: no such script: {', '.join(missing)}", file=sys.stderr)
         sys.exit(2)
     todo = [r for r in runs if not is_done(out / r.name)]
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
-          f"({args.backend} backend, {args.workers} worker(s)) -> {out}")  # fmt: skip
+    where = f"Ray cluster at {args.ray_address}" if args.backend == "ray" and args.ray_address else \
+        f"{args.backend} backend, {args.workers} worker(s)"
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run ({where}) -> {out}")
     if args.dry_run:
         for r in runs:
             print(f"  {'done' if r not in todo else 'todo'}  {r.name}  {' '.join(r.flags)}")

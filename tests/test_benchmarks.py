@@ -108,13 +108,14 @@ def test_benchmarks_report_figures_match_hand_computed(tmp_path):
     s = report.summarize(runs, threshold=35.0, window=2)
     assert s["eval"] == (150.0, 50.0) and s["sps"] == (2000.0, 1000.0) and s["wall_time"] == (15.0, 5.0)
     assert s["steps_to_threshold"] == (350.0, 50.0) and s["reached"] == 2 and s["budget"] == 400
+    assert s["train"] == (52.5, 17.5)  # the last trailing means, 35 and 70
     assert report.summarize(runs, threshold=60.0, window=2)["reached"] == 1
     grid_steps, mean, std = report.band([report.smoothed(r.scalars["charts/episodic_return"], 2) for r in runs])
     assert grid_steps[0] == 100 and grid_steps[-1] == 400
     assert mean[-1] == pytest.approx((35 + 70) / 2) and std[-1] == pytest.approx(17.5)
     assert mean[0] == pytest.approx(15.0) and std[0] == pytest.approx(5.0)
     table = report.table("CartPole-v1", {"ppo": runs}, 35.0, 2)
-    assert "| ppo | 2 | 400 | 150.0 ± 50.0 | 350 ± 50 (2/2) | 2,000 ± 1,000 | 15.0 ± 5.0 |" in table
+    assert "| ppo | 2 | 400 | 150.0 ± 50.0 | 52.5 ± 17.5 | 350 ± 50 (2/2) | 2,000 ± 1,000 | 15.0 ± 5.0 |" in table
     assert "490.04 ± 6.12" in table  # CleanRL's published figure, with its source
     # the robustness table: seeds whose final evaluation reaches the threshold, median and worst, median wall time
     assert "| ppo | 2 | 1/2 | 150.0 | 100.0 (1) | 15.0 |" in report.robustness("CartPole-v1", {"ppo": runs}, 150.0)

@@ -39,11 +39,11 @@ def test_dqn_td_loss_by_hand(kind, expected):
 
 def filled_buffer(capacity: int, num_transitions: int, num_envs: int):
     """A buffer fed transitions 0, 1, 2, ... in batches of num_envs; transition i has s = i, a = i % 3, r = 10 i,
-    s' = i + 0.5 and term = i % 2, so every sampled row can be checked for consistency."""
+    s' = i + 0.5, term = i % 2 and γ^m = 0.5^(i % 4), so every sampled row can be checked for consistency."""
     rb = dqn.ReplayBuffer(capacity, (1,), (), np.int64, torch.device("cpu"))
     for start in range(0, num_transitions, num_envs):
         i = np.arange(start, start + num_envs)
-        rb.add(i[:, None].astype(np.float32), i % 3, 10.0 * i, i[:, None] + 0.5, i % 2)
+        rb.add(i[:, None].astype(np.float32), i % 3, 10.0 * i, i[:, None] + 0.5, i % 2, 0.5 ** (i % 4))
     return rb
 
 
@@ -58,12 +58,12 @@ def test_dqn_replay_buffer_wraps_around_keeping_the_newest():
 def test_dqn_replay_buffer_samples_filled_slots_uniformly():
     np.random.seed(0)
     rb = filled_buffer(capacity=100, num_transitions=4, num_envs=1)
-    obs, actions, rewards, next_obs, terminations = rb.sample(8000)
+    obs, actions, rewards, next_obs, terminations, discounts = rb.sample(8000)
     i = obs[:, 0].long()
     assert set(i.tolist()) == {0, 1, 2, 3}  # never an empty slot (which would read s = 0, s' = 0)
     torch.testing.assert_close(torch.bincount(i) / 8000.0, torch.full((4,), 0.25), atol=0.02, rtol=0)
     assert torch.equal(actions, i % 3) and torch.equal(rewards, 10.0 * i) and torch.equal(terminations, i % 2.0)
-    assert torch.equal(next_obs[:, 0], i + 0.5)
+    assert torch.equal(next_obs[:, 0], i + 0.5) and torch.equal(discounts, 0.5 ** (i % 4.0))
 
 
 class CounterEnv(gym.Env):
@@ -103,7 +103,7 @@ def test_dqn_vector_env_transitions_exact(monkeypatch, tmp_path):
     buffers = recorded_buffers(monkeypatch)
     # 2 envs × 8 steps: one terminated episode (3 steps), then one truncated by the time limit (5 steps); no update
     dqn.train(dqn.Args(env_id="DQNCounter-v0", num_envs=2, total_timesteps=16, learning_starts=16, train_freq=32,
-                       eval_episodes=0, log_dir=str(tmp_path), progress=False))  # fmt: skip
+                       n_step=1, eval_episodes=0, log_dir=str(tmp_path), progress=False))  # fmt: skip
     (rb,) = buffers
     k, t = np.array([0] * 3 + [1] * 5), np.array([0, 1, 2, 0, 1, 2, 3, 4])
     per_env = np.stack([k, t], 1).astype(np.float32)  # the 8 states s of each env, in order
@@ -113,7 +113,37 @@ def test_dqn_vector_env_transitions_exact(monkeypatch, tmp_path):
     np.testing.assert_array_equal(rb.next_obs[:16], (per_env + [0, 1]).repeat(2, 0))
     np.testing.assert_array_equal(rb.terminations[:16], np.array([0, 0, 1, 0, 0, 0, 0, 0]).repeat(2))
     np.testing.assert_array_equal(rb.rewards[:16], 10.0 * (rb.next_obs[:16, 1]) + rb.actions[:16])
+    np.testing.assert_array_equal(rb.discounts[:16], np.float32(0.99))  # γ¹: every transition is one step
     assert rb.size == 16
+
+
+def test_dqn_n_step_return_by_hand():
+    assert dqn.n_step_return([1.0, 2.0, 3.0], 0.5) == 1 + 0.5 * 2 + 0.25 * 3
+    assert dqn.n_step_return([4.0], 0.5) == 4.0
+
+
+def test_dqn_n_step_transitions_stop_at_episode_ends(monkeypatch, tmp_path):
+    buffers = recorded_buffers(monkeypatch)
+    # the same 2 envs × 8 steps with n = 3: episode 0 terminates after 3 steps, episode 1 is truncated after 5
+    dqn.train(dqn.Args(env_id="DQNCounter-v0", num_envs=2, total_timesteps=16, learning_starts=16, train_freq=32,
+                       n_step=3, gamma=0.5, eval_episodes=0, log_dir=str(tmp_path), progress=False))  # fmt: skip
+    (rb,) = buffers
+    assert rb.size == 16  # every step starts one transition, the last ones of each episode with m < n
+    # Each env emits its episode-0 steps when it terminates (3rd step), then one transition per step once its
+    # window of the next episode holds n = 3 steps (6th and 7th), and the rest when the time limit cuts it (8th).
+    k, t = np.array([0, 0, 0] * 2 + [1] * 4 + [1, 1, 1] * 2), np.array([0, 1, 2] * 2 + [0, 0, 1, 1] + [2, 3, 4] * 2)
+    env = np.array([0, 0, 0, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(rb.obs[:16], np.stack([k, t], 1))
+    end = np.where(k == 0, 3, 5)  # each episode's last t
+    m = np.minimum(3, end - t)  # steps in each transition: 3, or up to the end of the episode
+    np.testing.assert_array_equal(rb.next_obs[:16], np.stack([k, t + m], 1))  # s_{t+m}, the true final state
+    np.testing.assert_array_equal(rb.terminations[:16], k == 0)  # only episode 0's end is terminal
+    np.testing.assert_array_equal(rb.discounts[:16], 0.5**m)
+    # R = Σ_j γ^j r_{t+j}, with r = 10 (t + 1) + a and a read off the row of state (k, t) of the same env
+    action = {(e, kk, tt): a for e, kk, tt, a in zip(env, k, t, rb.actions[:16])}
+    R = [sum(0.5**j * (10 * (tt + 1 + j) + action[e, kk, tt + j]) for j in range(mm))
+         for e, kk, tt, mm in zip(env, k, t, m)]  # fmt: skip
+    np.testing.assert_allclose(rb.rewards[:16], R)
 
 
 def test_dqn_polyak_update_matches_formula():
@@ -179,7 +209,8 @@ def test_dqn_smoke_saves_logs_and_evaluates_saved_model(tmp_path):
     for tag in ("losses/td_loss", "diagnostics/q_values", "diagnostics/epsilon", "diagnostics/buffer_fill",
                 "charts/episodic_return", "charts/SPS", "eval/episodic_return"):  # fmt: skip
         assert tag in scalars, tag
-    assert scalars["diagnostics/buffer_fill"][-1][1] == pytest.approx(1200 / 100_000)
+    # each of the 1200 steps starts one transition; up to n − 1 = 5 per env still wait in the n-step window
+    assert 1200 - 2 * 5 <= scalars["diagnostics/buffer_fill"][-1][1] * 100_000 <= 1200 + 1e-6
     assert scalars["diagnostics/epsilon"][0][1] < 1.0
     proc = run_script(ROOT / "dqn.py", ["--eval-model", result["model_path"], "--eval-episodes", "3"], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -196,7 +227,8 @@ def test_dqn_refuses_box_actions(tmp_path):
     [
         (["--num-envs", "0"], "--num-envs"),  # was a ZeroDivisionError in the --train-freq check
         (["--batch-size", "200", "--buffer-size", "100"], "--buffer-size 100 must hold at least --batch-size"),
-        (["--hidden", "0"], "--hidden must be >= 1"),
+        (["--hidden", "0"], "--hidden and --n-step must be >= 1"),
+        (["--n-step", "0"], "--hidden and --n-step must be >= 1"),
         (["--learning-rate", "inf"], "--learning-rate"),
         (["--train-freq", "100", "--num-envs", "3"], "--train-freq 100 must be a positive multiple of --num-envs 3"),
     ],
