@@ -93,7 +93,7 @@ def sb3_dqn(a) -> dict:
     # C · train_freq / gradient_steps env steps.
     kwargs = dict(learning_rate=a.learning_rate, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
                   batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=a.train_freq // a.num_envs,
-                  gradient_steps=a.gradient_steps,
+                  gradient_steps=a.gradient_steps, n_steps=a.n_step,
                   target_update_interval=max(a.target_update_interval * a.train_freq // a.gradient_steps, 1),
                   exploration_fraction=a.exploration_fraction, exploration_initial_eps=a.start_e,
                   exploration_final_eps=a.end_e, max_grad_norm=a.max_grad_norm,

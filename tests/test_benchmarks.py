@@ -149,6 +149,8 @@ def test_benchmarks_throughput_sb3_counterparts_accept_the_mapped_settings(scrip
     spec = throughput.COUNTERPARTS[script](a)
     model = throughput.sb3_model(spec, env_id, seed=1)
     assert model.n_envs == getattr(a, "num_envs", 1) and model.gamma == a.gamma
+    if script == "dqn.py":  # the same n-step targets
+        assert model.replay_buffer.n_steps == a.n_step > 1 and model.replay_buffer.gamma == a.gamma
     if script == "sac_continuous.py":  # SB3 has one learning rate; the critics and α get ours (q_lr) all the same
         optimizers = [model.actor.optimizer, model.critic.optimizer, model.ent_coef_optimizer]
         model._update_learning_rate(optimizers)
