@@ -225,8 +225,9 @@ def run_ray(todo: list[Run], args: Args, out: Path):
     import ray
 
     if not ray.is_initialized():
+        # "local" starts a Ray instance of our own even where a cluster runs here (one ray.init would join)
         local = {} if args.ray_address else {"num_cpus": args.workers, "include_dashboard": False}
-        ray.init(address=args.ray_address, log_to_driver=False, **local)
+        ray.init(address=args.ray_address or "local", log_to_driver=False, **local)
     task = ray.remote(num_cpus=1, num_gpus=args.gpus_per_run, max_retries=0)(execute_remote)
     pending = {task.remote(r, (ROOT / r.script).read_bytes(), args.timeout, code_state()): r for r in todo}
     while pending:
