@@ -25,7 +25,8 @@ keeps the true last observation as s' and bootstraps. Defaults: tuned for CartPo
 50k steps.
 
 Usage: python dqn.py --env-id CartPole-v1
-       python dqn.py --env-id Acrobot-v1 --double --total-timesteps 100000
+       python dqn.py --env-id Acrobot-v1
+       python dqn.py --n-step 1 --double             # the one-step target, with Double DQN
        python dqn.py --eval-model runs/<run>/dqn.pt
 """
 
