@@ -35,8 +35,15 @@ RL_ZOO_NOTE = "RL-Zoo (SB3), one trained agent, ± over its evaluation episodes"
 CLEANRL = "https://docs.cleanrl.dev/rl-algorithms/"
 CLEANRL_NOTE = "CleanRL, 3 seeds, training episodic return"
 RL_ZOO_TD3_NOTE = "RL-Zoo (SB3) TD3, no DDPG row, one trained agent, ± over its evaluation episodes"
+SPINUP = "https://spinningup.openai.com/en/latest/spinningup/bench.html"
+# Spinning Up publishes curves only (v3 envs, 10 seeds, 3M steps, smoothed over 11 epochs): these values were read
+# off its SVG plots (results/mujoco-1m/spinning-up/), hence the ≈. On-policy curves: the training batch's return;
+# off-policy: 10 deterministic test episodes. It has TRPO only in TensorFlow.
+SPINUP_ON = "Spinning Up (PyTorch), 10 seeds, training return, read off its plot"
+SPINUP_TF = "Spinning Up (TensorFlow), 10 seeds, training return, read off its plot"
+SPINUP_OFF = "Spinning Up (PyTorch), 10 seeds, deterministic test return, read off its plot"
 # Published results beside ours: (script stem, env) -> [(who, value, budget, source)]. Only numbers read in the
-# cited source; older env versions (Hopper-v3) differ from v5 in details. Spinning Up publishes curves, not tables.
+# cited source; older env versions (Hopper-v3) differ from v5 in details.
 PUBLISHED = {
     ("ppo", "CartPole-v1"): [(CLEANRL_NOTE, "490.04 ± 6.12", "500k", CLEANRL + "ppo/#experiment-results"),
                              (RL_ZOO_NOTE, "500.00 ± 0.00", "100k", RL_ZOO)],
@@ -44,13 +51,16 @@ PUBLISHED = {
                             (RL_ZOO_NOTE, "-73.51 ± 18.20", "1M", RL_ZOO)],
     ("ppo", "Hopper-v5"): [(CLEANRL_NOTE + ", Hopper-v4", "2382.86 ± 271.74", "1M",
                             CLEANRL + "ppo/#experiment-results_2"),
-                           (RL_ZOO_NOTE + ", Hopper-v3", "2410.44 ± 10.03", "1M", RL_ZOO)],
+                           (RL_ZOO_NOTE + ", Hopper-v3", "2410.44 ± 10.03", "1M", RL_ZOO),
+                           (SPINUP_ON + ", Hopper-v3", "≈1770 ± 500", "1M", SPINUP)],
     ("ppo", "HalfCheetah-v5"): [(CLEANRL_NOTE + ", HalfCheetah-v4", "1442.64 ± 46.03", "1M",
                                  CLEANRL + "ppo/#experiment-results_2"),
-                                (RL_ZOO_NOTE + ", HalfCheetah-v3", "5819.10 ± 663.53", "1M", RL_ZOO)],
+                                (RL_ZOO_NOTE + ", HalfCheetah-v3", "5819.10 ± 663.53", "1M", RL_ZOO),
+                                (SPINUP_ON + ", HalfCheetah-v3", "≈1730 ± 520", "1M", SPINUP)],
     ("ppo", "Walker2d-v5"): [(CLEANRL_NOTE + ", Walker2d-v4", "2287.95 ± 571.78", "1M",
                               CLEANRL + "ppo/#experiment-results_2"),
-                             (RL_ZOO_NOTE + ", Walker2d-v3", "3478.80 ± 821.71", "1M", RL_ZOO)],
+                             (RL_ZOO_NOTE + ", Walker2d-v3", "3478.80 ± 821.71", "1M", RL_ZOO),
+                             (SPINUP_ON + ", Walker2d-v3", "≈1210 ± 320", "1M", SPINUP)],
     ("dqn", "CartPole-v1"): [("CleanRL, training episodic return", "488.69 ± 16.11", "500k",
                               CLEANRL + "dqn/#experiment-results_1"), (RL_ZOO_NOTE, "500.00 ± 0.00", "50k", RL_ZOO)],
     ("dqn", "Acrobot-v1"): [("CleanRL, training episodic return", "-91.54 ± 7.20", "500k",
@@ -62,33 +72,48 @@ PUBLISHED = {
     # a2c on Walker2d: RL-Zoo's table has no row, CleanRL has no continuous A2C
     ("trpo", "CartPole-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "500.00 ± 0.00", "100k", RL_ZOO)],
     ("trpo", "Acrobot-v1"): [(RL_ZOO_NOTE + " (sb3-contrib)", "-83.11 ± 18.65", "100k", RL_ZOO)],
-    ("trpo", "Hopper-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Hopper-v3", "3618.39 ± 356.77", "1M", RL_ZOO)],
-    ("trpo", "HalfCheetah-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), HalfCheetah-v3", "1785.48 ± 68.67", "1M", RL_ZOO)],
-    ("trpo", "Walker2d-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Walker2d-v3", "4933.15 ± 1452.54", "1M", RL_ZOO)],
+    ("trpo", "Hopper-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Hopper-v3", "3618.39 ± 356.77", "1M", RL_ZOO),
+                            (SPINUP_TF + ", Hopper-v3", "≈1160 ± 320", "1M", SPINUP)],
+    ("trpo", "HalfCheetah-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), HalfCheetah-v3", "1785.48 ± 68.67", "1M", RL_ZOO),
+                                 (SPINUP_TF + ", HalfCheetah-v3", "≈720 ± 280", "1M", SPINUP)],
+    ("trpo", "Walker2d-v5"): [(RL_ZOO_NOTE + " (sb3-contrib), Walker2d-v3", "4933.15 ± 1452.54", "1M", RL_ZOO),
+                              (SPINUP_TF + ", Walker2d-v3", "≈560 ± 290", "1M", SPINUP)],
     ("sac_continuous", "Hopper-v5"): [("CleanRL, training episodic return, Hopper-v2", "2310.46 ± 342.82", "1M",
                                        CLEANRL + "sac/#experiment-results"),
-                                      (RL_ZOO_NOTE + ", Hopper-v3", "2325.55 ± 1129.68", "1M", RL_ZOO)],
+                                      (RL_ZOO_NOTE + ", Hopper-v3", "2325.55 ± 1129.68", "1M", RL_ZOO),
+                                      (SPINUP_OFF + ", Hopper-v3", "≈2890 ± 420", "300k", SPINUP),
+                                      (SPINUP_OFF + ", Hopper-v3", "≈3540 ± 110", "1M", SPINUP)],
     ("sac_continuous", "InvertedPendulum-v5"): [("CleanRL, training episodic return, InvertedPendulum-v4",
                                                  "909.37 ± 55.66", "1M", CLEANRL + "sac/#experiment-results")],
     ("sac_continuous", "HalfCheetah-v5"): [("CleanRL, training episodic return, HalfCheetah-v2", "9634.89 ± 1423.73",
                                             "1M", CLEANRL + "sac/#experiment-results"),
-                                           (RL_ZOO_NOTE + ", HalfCheetah-v3", "9535.45 ± 100.47", "1M", RL_ZOO)],
+                                           (RL_ZOO_NOTE + ", HalfCheetah-v3", "9535.45 ± 100.47", "1M", RL_ZOO),
+                                           (SPINUP_OFF + ", HalfCheetah-v3", "≈9160 ± 820", "300k", SPINUP),
+                                           (SPINUP_OFF + ", HalfCheetah-v3", "≈11500 ± 790", "1M", SPINUP)],
     ("sac_continuous", "Walker2d-v5"): [("CleanRL, training episodic return, Walker2d-v2", "3591.45 ± 911.33", "1M",
                                          CLEANRL + "sac/#experiment-results"),
-                                        (RL_ZOO_NOTE + ", Walker2d-v3", "3863.20 ± 254.35", "1M", RL_ZOO)],
+                                        (RL_ZOO_NOTE + ", Walker2d-v3", "3863.20 ± 254.35", "1M", RL_ZOO),
+                                        (SPINUP_OFF + ", Walker2d-v3", "≈2960 ± 770", "300k", SPINUP),
+                                        (SPINUP_OFF + ", Walker2d-v3", "≈4110 ± 510", "1M", SPINUP)],
     # ddpg: CleanRL's table is on v4 (its older v2 figures now sit only under ddpg_continuous_action_jax.py); RL-Zoo
     # has no DDPG row for MuJoCo, so its TD3 (DDPG plus clipped double-Q, target smoothing, delayed actor) stands in
     ("ddpg", "Hopper-v5"): [(CLEANRL_NOTE + ", Hopper-v4", "1576.78 ± 818.98", "1M",
                              CLEANRL + "ddpg/#experiment-results"),
-                            (RL_ZOO_TD3_NOTE + ", Hopper-v3", "3606.39 ± 4.03", "1M", RL_ZOO)],
+                            (RL_ZOO_TD3_NOTE + ", Hopper-v3", "3606.39 ± 4.03", "1M", RL_ZOO),
+                            (SPINUP_OFF + ", Hopper-v3", "≈1440 ± 240", "300k", SPINUP),
+                            (SPINUP_OFF + ", Hopper-v3", "≈1740 ± 400", "1M", SPINUP)],
     ("ddpg", "InvertedPendulum-v5"): [(CLEANRL_NOTE + ", InvertedPendulum-v4", "642.68 ± 69.56", "1M",
                                        CLEANRL + "ddpg/#experiment-results")],
     ("ddpg", "HalfCheetah-v5"): [(CLEANRL_NOTE + ", HalfCheetah-v4", "10374.07 ± 157.37", "1M",
                                   CLEANRL + "ddpg/#experiment-results"),
-                                 (RL_ZOO_TD3_NOTE + ", HalfCheetah-v3", "9655.67 ± 969.92", "1M", RL_ZOO)],
+                                 (RL_ZOO_TD3_NOTE + ", HalfCheetah-v3", "9655.67 ± 969.92", "1M", RL_ZOO),
+                                 (SPINUP_OFF + ", HalfCheetah-v3", "≈7770 ± 1340", "300k", SPINUP),
+                                 (SPINUP_OFF + ", HalfCheetah-v3", "≈10110 ± 980", "1M", SPINUP)],
     ("ddpg", "Walker2d-v5"): [(CLEANRL_NOTE + ", Walker2d-v4", "1240.16 ± 390.10", "1M",
                                CLEANRL + "ddpg/#experiment-results"),
-                              (RL_ZOO_TD3_NOTE + ", Walker2d-v3", "4717.82 ± 46.30", "1M", RL_ZOO)],
+                              (RL_ZOO_TD3_NOTE + ", Walker2d-v3", "4717.82 ± 46.30", "1M", RL_ZOO),
+                              (SPINUP_OFF + ", Walker2d-v3", "≈470 ± 250", "300k", SPINUP),
+                              (SPINUP_OFF + ", Walker2d-v3", "≈1920 ± 760", "1M", SPINUP)],
 }  # fmt: skip
 
 
