@@ -1,9 +1,9 @@
 """DQN: deep Q-learning with experience replay and a target network, for Discrete action spaces.
 
-Deep Q-Network (Mnih et al. 2015, Nature 518:529), with Double DQN (van Hasselt et al. 2016, arXiv:1509.06461)
-and n-step targets (Sutton & Barto 2018, ch. 7; Hessel et al. 2018, arXiv:1710.02298) as options. Off-policy:
-ε-greedy actions fill a replay buffer of transitions (s, a, r, s', term), and the Q-network is fitted to
-bootstrapped targets on uniform minibatches of it ("mini-batch Q-learning"):
+Deep Q-Network (Mnih et al. 2015, Nature 518:529), with n-step targets (Sutton & Barto 2018, ch. 7; Hessel et al.
+2018, arXiv:1710.02298; n = 6 by default, 1 is the paper's) and Double DQN as an option (van Hasselt et al. 2016,
+arXiv:1509.06461). Off-policy: ε-greedy actions fill a replay buffer of transitions (s, a, r, s', term), and the
+Q-network is fitted to bootstrapped targets on uniform minibatches of it ("mini-batch Q-learning"):
 
   y        = r + γ (1 − term) max_a' Q_θ⁻(s', a')                  td_target; a terminal s' has value 0
   y_double = r + γ (1 − term) Q_θ⁻(s', argmax_a' Q_θ(s', a'))       the online net picks a', θ⁻ evaluates it
@@ -220,7 +220,7 @@ def final_observations(next_obs: np.ndarray, info: dict) -> np.ndarray:
 
 # ── Training: act ε-greedily → store → sample → td_target → gradient step → target update → log ──
 def gradient_step(q_network: QNetwork, target_network: QNetwork, optimizer, batch: tuple, args: Args):
-    """One step on L(θ) for a minibatch (s, a, r, s', term); returns the TD loss and Q_θ(s, a), detached."""
+    """One step on L(θ) for a minibatch (s, a, r, s', term, γ^m); returns the TD loss and Q_θ(s, a), detached."""
     obs, actions, rewards, next_obs, terminations, discounts = batch
     with torch.no_grad():  # y is a fixed target: no gradient flows through Q_θ⁻(s', ·), nor the online choice of a'
         next_q_target = target_network(next_obs)  # Q_θ⁻(s', ·), (B, |A|)
@@ -259,7 +259,7 @@ def train(args: Args) -> dict:
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             run.log_episodes(info)
             # s' is the true last observation where an episode ended (not the next episode's first), and only
-            # `terminated` zeroes the bootstrap: a time-limit truncation keeps γ max Q(s') in its target.
+            # `terminated` zeroes the bootstrap: a time-limit truncation keeps γ^m max Q(s') in its target.
             transitions = window.push(obs, actions, rewards, final_observations(next_obs, info), terminated, truncated)
             if transitions:
                 rb.add(*(np.array(x) for x in zip(*transitions)))
