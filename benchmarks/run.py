@@ -8,8 +8,9 @@ interrupted grid resumes where it stopped; a failed run is reported with the tai
   python benchmarks/run.py --scripts ppo.py a2c.py --env-ids CartPole-v1 --seeds 1 2 --flags "--total-timesteps 20000"
   python benchmarks/run.py --suite mujoco-short --backend ray --ray-address auto     # on an existing Ray cluster
 
-With --backend ray each run is a Ray task (one CPU, or --gpus-per-run): the task gets the script's source, runs it
-in a temporary folder on whichever node Ray picks, and sends its log folder back, so nodes need no shared disk.
+With --backend ray each run is a Ray task (one CPU, or --gpus-per-run): the task gets the script's source (for
+sb3_run.py, also benchmarks/ and the algorithm scripts it reads settings from), runs it in a temporary folder on
+whichever node Ray picks, and sends its log folder back, so nodes need no shared disk.
 Then `python benchmarks/report.py --log-dir <out>` turns the runs into a CSV, plots and a table.
 """
 
@@ -192,13 +193,27 @@ def execute(run: Run, script_path: str, run_dir: Path, timeout: Optional[float],
     return record
 
 
-def execute_remote(run: Run, source: bytes, timeout: Optional[float], code: str) -> tuple[dict, bytes]:
-    """A Ray task: run the script (sent as source) in a temporary folder, return its record and folder as a tar."""
+def shipped(script: str) -> tuple[str, dict[str, bytes]]:
+    """What a Ray task needs to run script on a node without our checkout: the script's path in the task's folder,
+    and the files to write there. An algorithm script runs alone; a tool of benchmarks/ (sb3_run.py) imports its
+    neighbours and reads the settings of the algorithm scripts at the repository root."""
+    path = ROOT / script
+    if path.parent != ROOT / "benchmarks":
+        return path.name, {path.name: path.read_bytes()}
+    files = [*(ROOT / "benchmarks").glob("*.py"), *ROOT.glob("*.py")]
+    return str(path.relative_to(ROOT)), {str(f.relative_to(ROOT)): f.read_bytes() for f in files}
+
+
+def execute_remote(run: Run, script: str, files: dict[str, bytes], timeout: Optional[float],
+                   code: str) -> tuple[dict, bytes]:  # fmt: skip
+    """A Ray task: write files (from shipped()) to a temporary folder, run script there, return its record and the
+    run folder as a tar."""
     with tempfile.TemporaryDirectory() as tmp:
-        script_path = Path(tmp) / Path(run.script).name
-        script_path.write_bytes(source)
+        for name, data in files.items():
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / name).write_bytes(data)
         run_dir = Path(tmp) / run.name
-        record = execute(run, str(script_path), run_dir, timeout, code)
+        record = execute(run, str(Path(tmp) / script), run_dir, timeout, code)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             tar.add(run_dir, arcname=".")
@@ -229,7 +244,7 @@ def run_ray(todo: list[Run], args: Args, out: Path):
         local = {} if args.ray_address else {"num_cpus": args.workers, "include_dashboard": False}
         ray.init(address=args.ray_address or "local", log_to_driver=False, **local)
     task = ray.remote(num_cpus=1, num_gpus=args.gpus_per_run, max_retries=0)(execute_remote)
-    pending = {task.remote(r, (ROOT / r.script).read_bytes(), args.timeout, code_state()): r for r in todo}
+    pending = {task.remote(r, *shipped(r.script), args.timeout, code_state()): r for r in todo}
     while pending:
         (ready,), _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(ready)

@@ -9,7 +9,7 @@ Args; the resolved settings are mapped onto SB3 exactly as throughput.py maps th
 epochs, learning rates, torch threads). The run writes charts/episodic_return (every finished training episode),
 charts/SPS and eval/episodic_return (10 deterministic episodes at the end) to
 {log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}, and prints the eval line every script prints. It imports
-throughput.py from beside it, so it runs on run.py's local backend, not as a Ray task.
+throughput.py from beside it; as a Ray task, run.py sends that and the algorithm scripts along.
 """
 
 import argparse

@@ -1,9 +1,11 @@
 """benchmarks/: the grid runner (local and Ray backends, resume, failures), the report's figures, the SB3 mapping."""
 
 import csv
+import io
 import json
 import subprocess
 import sys
+import tarfile
 
 import pytest
 from conftest import ROOT, load
@@ -57,6 +59,22 @@ def test_benchmarks_local_grid_resumes_and_reports_failures(tmp_path):
 def test_benchmarks_ray_grid_gathers_logs(tmp_path):
     pytest.importorskip("ray")
     check_grid(tmp_path, run_grid(tmp_path, "--backend", "ray"))  # a local Ray instance with --workers 2 CPUs
+
+
+def test_benchmarks_ray_task_ships_what_sb3_run_needs():
+    """A Ray task's folder holds only what shipped() sends: ppo.py alone, but for sb3_run.py also its neighbours in
+    benchmarks/ and the algorithm scripts whose settings it maps. The task's function itself, without Ray, runs it."""
+    assert grid.shipped("ppo.py")[1].keys() == {"ppo.py"}
+    run = grid.Run("benchmarks/sb3_run.py", "CartPole-v1", 1, ("--script", "ppo.py", *TINY.split()), "sb3-ppo")
+    script, files = grid.shipped(run.script)
+    assert script == "benchmarks/sb3_run.py"
+    assert {"benchmarks/throughput.py", "benchmarks/common.py", "ppo.py"} <= set(files)
+    record, archive = grid.execute_remote(run, script, files, 600, "test")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        names = tar.getnames()
+        log = tar.extractfile("./stdout.log").read().decode()
+    assert record["returncode"] == 0, log[-3000:]
+    assert "eval/episodic_return" in log and any("events.out.tfevents" in n for n in names)
 
 
 def test_benchmarks_suites_expand_to_present_scripts():
