@@ -21,7 +21,7 @@ from itertools import combinations
 import numpy as np
 
 SVGNS = '{http://www.w3.org/2000/svg}'
-TARGETS = (300_000.0, 1_000_000.0)
+TARGETS = (100_000.0, 300_000.0, 1_000_000.0)
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -268,7 +268,7 @@ def report(r):
     for name, a in r['algos'].items():
         print('  %-5s %s %s nverts=%d  x:[%.0f .. %.0f]  y:[%.1f .. %.1f]' % (
             name, a['colour'], a['line_id'], a['n_line_vertices'], a['x_first'], a['x_last'], a['y_min'], a['y_max']))
-        for t in (300000, 1000000):
+        for t in map(int, TARGETS):
             s = '      @%7d  mean(line)=%8.1f  tick-pair spread=%.2g' % (t, a['mean'][t], a['mean_tickpair_spread'][t])
             if 'std' in a:
                 s += '  band-mid=%8.1f  std=%7.1f' % (a['band_mid'][t], a['std'][t])
