@@ -126,6 +126,7 @@ PUBLISHED = {
 @dataclass
 class Args:
     log_dir: str = "benchmarks/runs"  # folder searched for TensorBoard runs (at any depth)
+    scripts: tuple[str, ...] = ()  # only runs of these exp names (e.g. ppo sb3-ddpg); default: every run there
     out: str = "benchmarks/results/latest"  # folder for scalars.csv, the PNGs and README.md
     title: str = "Benchmark results"  # heading of README.md
     notes: str = ""  # a paragraph under the heading: budgets, what the grid compares
@@ -150,14 +151,17 @@ class RunLog:
     code: Optional[str] = None  # the commit the run was made at (from run.json)
 
 
-def find_runs(log_dir: str) -> list[RunLog]:
-    """Every run under log_dir, the newest where the same (env, exp, seed) ran twice; runs that failed are skipped."""
+def find_runs(log_dir: str, scripts: tuple[str, ...] = ()) -> list[RunLog]:
+    """Every run under log_dir (of the exp names in scripts, if given), the newest where the same (env, exp, seed) ran
+    twice; runs that failed are skipped."""
     newest = {}
     for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
         parts = events.parent.name.split("__")
         if len(parts) != 4:
             continue
         env, exp, seed, stamp = parts
+        if scripts and exp not in scripts:
+            continue
         meta = {}
         if (events.parent.parent / "run.json").exists():
             meta = json.loads((events.parent.parent / "run.json").read_text())
@@ -345,9 +349,10 @@ def robustness(env: str, groups: dict[str, list[RunLog]], threshold: Optional[fl
 
 
 def main(args: Args) -> Path:
-    runs = find_runs(args.log_dir)
+    runs = find_runs(args.log_dir, args.scripts)
     if not runs:
-        print(f"error: benchmarks/report.py: no TensorBoard runs under {args.log_dir}", file=sys.stderr)
+        only = f" of {', '.join(args.scripts)}" if args.scripts else ""
+        print(f"error: benchmarks/report.py: no TensorBoard runs{only} under {args.log_dir}", file=sys.stderr)
         sys.exit(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

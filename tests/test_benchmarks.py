@@ -120,7 +120,9 @@ def test_benchmarks_report_figures_match_hand_computed(tmp_path):
     steps = [100, 200, 300, 400]
     write_synthetic_run(tmp_path, "ppo", 1, list(zip(steps, [10, 20, 30, 40])), 100.0, 1000.0, 10.0)
     write_synthetic_run(tmp_path, "ppo", 2, list(zip(steps, [20, 40, 60, 80])), 200.0, 3000.0, 20.0)
-    runs = report.find_runs(str(tmp_path))
+    write_synthetic_run(tmp_path, "a2c", 1, list(zip(steps, [0, 0, 0, 0])), 0.0, 1.0, 1.0)
+    assert [r.script for r in report.find_runs(str(tmp_path))] == ["a2c", "ppo", "ppo"]
+    runs = report.find_runs(str(tmp_path), ("ppo",))  # --scripts: one report of part of a folder
     assert [(r.script, r.seed, r.wall_time) for r in runs] == [("ppo", 1, 10.0), ("ppo", 2, 20.0)]
     # Trailing means over 2: seed 1 → 10, 15, 25, 35 (reaches 35 at step 400); seed 2 → 20, 30, 50, 70 (at 300).
     s = report.summarize(runs, threshold=35.0, window=2)
