@@ -83,10 +83,13 @@ def test_ppo_log_probs_and_entropies_match_torch_distributions():
     torch.testing.assert_close(entropy, normal.entropy().sum(-1))
 
 
-def test_ppo_approx_kl_estimates_exact_kl():
-    old, new = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.4, 0.4, 0.2])
-    actions = torch.multinomial(old, 200_000, replacement=True, generator=torch.Generator().manual_seed(2))
-    estimate = ppo.approx_kl(new.log()[actions], old.log()[actions])
+def test_ppo_k3_kl_estimates_exact_kl():
+    old = torch.tensor([0.5, 0.3, 0.2])
+    new = torch.tensor([0.4, 0.4, 0.2])
+    generator = torch.Generator().manual_seed(2)
+    actions = torch.multinomial(old, 200_000, replacement=True, generator=generator)
+    # samples of π_old, log ρ = log π_θ − log π_old: KL(π_old‖π_θ)
+    estimate = ppo.k3_kl(new.log()[actions] - old.log()[actions])
     exact = (old * (old / new).log()).sum()  # KL(π_old‖π_θ)
     assert abs(estimate - exact) < 0.03 * exact
 
