@@ -1,34 +1,42 @@
 """Synchronous advantage actor-critic (A2C), for Discrete and Box action spaces.
 
-Mnih et al. 2016 (arXiv:1602.01783). A3C runs asynchronous actor-learners, each applying its own gradients to
-shared parameters; A2C is the synchronous version (OpenAI baselines): N envs step in lockstep and one batched
-gradient step follows each rollout of n steps: simpler, deterministic, and as good. On-policy: the gradient only
-holds for samples of the current π_θ, so each rollout is used once and thrown away (no replay buffer).
+Mnih et al. 2016 (arXiv:1602.01783). A3C runs asynchronous actor-learners, each applying
+its own gradients to shared parameters; A2C is the synchronous version (OpenAI
+baselines): N envs step in lockstep and one batched gradient step follows each rollout
+of n steps: simpler, deterministic, and as good. On-policy: the gradient only holds for
+samples of the current π_θ, so each rollout is used once and thrown away (no replay).
 
-  R_t = r_t + γ r_{t+1} + … + γ^{n−1} r_{t+n−1} + γ^n V(s_{t+n})    n-step return, backwards: R ← r_i + γ R
-  δ_t = r_t + γ (1 − term_t) V(s_{t+1}) − V(s_t)                    TD error; a terminal state has value 0
-  Â_t = Σ_l (γλ)^l δ_{t+l}     GAE(λ): λ = 1 gives R_t − V(s_t), the paper's A(s,a) = Q − V ≈ R − V; λ = 0 gives δ_t
-  loss = −Ê[log π_θ(a_t|s_t) Â_t] + c_v Ê[(V_θ(s_t) − R_t)²] − c_e Ê[H(π_θ(·|s_t))],   R_t = Â_t + V(s_t)
+  R_t = r_t + γ r_{t+1} + … + γ^{n−1} r_{t+n−1} + γ^n V(s_{t+n})   n-step return
+  δ_t = r_t + γ (1 − term_t) V(s_{t+1}) − V(s_t)     TD error; a terminal state: V = 0
+  Â_t = Σ_l (γλ)^l δ_{t+l}     GAE(λ): λ = 1 gives R_t − V(s_t), the paper's A = Q − V;
+                               λ = 0 gives δ_t
+  loss = −Ê[log π_θ(a_t|s_t) Â_t] + c_v Ê[(V_θ(s_t) − R_t)²] − c_e Ê[H(π_θ(·|s_t))]
+         with the critic's target R_t = Â_t + V(s_t)
 
-Sutton & Barto's one-step actor-critic (section 13.3) is --num-envs 1 --num-steps 1 (then Â_t = δ_t for any λ),
-with one more factor I = γ^t (I ← γI) on step t: the exact gradient of the discounted objective from s_0. Like
-all deep-RL code we drop it and weight all steps alike (reinforce.py's --weight-by-gamma-t shows both forms).
+Sutton & Barto's one-step actor-critic (section 13.3) is --num-envs 1 --num-steps 1
+(then Â_t = δ_t for any λ), with one more factor I = γ^t on step t: the exact gradient
+of the discounted objective from s_0. Like all deep-RL code we drop it and weight all
+steps alike (reinforce.py's --weight-by-gamma-t shows both forms).
 
-Discrete actions: softmax policy. Box actions: diagonal Gaussian with state-independent log σ, clipped to the
-bounds when stepped, running observation and reward normalisation. Defaults: RL-Zoo's CartPole settings (SB3's
-A2C, 8 envs); for a Box env its continuous-control settings (BOX_DEFAULTS; `--env-id Hopper-v5 --help` shows them).
+Discrete actions: softmax policy. Box actions: diagonal Gaussian with state-independent
+log σ, clipped to the bounds when stepped, running observation and reward normalisation.
+Defaults: RL-Zoo's CartPole settings (SB3's A2C, 8 envs); for a Box env its
+continuous-control settings (BOX_DEFAULTS; `--env-id Hopper-v5 --help` shows them).
 
 Usage: python a2c.py --env-id CartPole-v1
        python a2c.py --env-id HalfCheetah-v5 --optimizer adam
        python a2c.py --eval-model runs/<run>/a2c.pt
 """
 
+import contextlib
+import io
 import math
 import os
 import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
 
@@ -42,60 +50,124 @@ from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class Args:
-    num_steps: int = 5  # n: steps per env in each rollout, the n of the n-step return (Box: 8)
-    learning_rate: float = 7e-4  # step size of RMSprop or Adam (Box: 9.6e-4)
-    anneal_lr: bool = False  # decay the learning rate linearly to 0 over training (Box: on)
-    optimizer: Literal["rmsprop", "adam"] = "rmsprop"  # RMSprop (decay 0.99, ε 1e-5) as the paper and SB3, or Adam
-    gamma: float = 0.99  # γ: discount factor, typically 0.95-0.999
-    gae_lambda: float = 1.0  # λ: GAE, 1 = n-step returns, 0 = one-step TD (Box: 0.9)
-    ent_coef: float = 0.0  # c_e: entropy bonus coefficient, typically 0-0.01 (the paper used 0.01 on Atari)
-    vf_coef: float = 0.5  # c_v: value loss coefficient (Box: 0.4)
-    max_grad_norm: float = 0.5  # clip the global gradient norm to this
-    normalize: bool = False  # running observation and reward normalisation (Box: on)
-    hidden: int = 64  # width of the two hidden layers of the actor and of the critic
-    log_interval: int = 100  # iterations between logged losses and diagnostics (each log costs time)
+    num_steps: int = 5
+    """n: steps per env per rollout, n of the n-step return; typically 5-32 (Box: 8)"""
+    learning_rate: float = 7e-4
+    """step size of RMSprop or Adam; typically 1e-4-1e-3 (Box: 9.6e-4)"""
+    anneal_lr: bool = False
+    """decay the learning rate linearly to 0 over training (Box: on)"""
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    """RMSprop (decay 0.99, ε 1e-5) as the paper and SB3, or Adam (ε 1e-5)"""
+    gamma: float = 0.99
+    """γ: discount factor; typically 0.95-0.999"""
+    gae_lambda: float = 1.0
+    """λ: GAE, 1 = n-step returns, 0 = one-step TD; typically 0.9-1 (Box: 0.9)"""
+    ent_coef: float = 0.0
+    """c_e: entropy bonus coefficient; typically 0-0.01 (the paper: 0.01 on Atari)"""
+    vf_coef: float = 0.5
+    """c_v: value loss coefficient; typically 0.25-1 (Box: 0.4)"""
+    max_grad_norm: float = 0.5
+    """clip the global gradient norm to this; typically 0.5-1"""
+    normalize: bool = False
+    """running observation and reward normalisation (Box: on)"""
+    hidden: int = 64
+    """width of the two hidden layers of actor and critic; typically 64-256"""
 
     # The run
-    env_id: str = "CartPole-v1"  # gymnasium environment id
-    total_timesteps: int = 200_000  # environment steps to train for (Box: 1M)
-    num_envs: int = 8  # N: parallel environments (Box: 4)
-    seed: int = 1  # seed of random, numpy, torch and the environments
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # experiment name, part of the run folder's name
-    torch_deterministic: bool = True  # set torch.backends.cudnn.deterministic
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto picks cuda, then mps, then cpu
-    threads: int = 1  # torch CPU threads (1 is fastest for small networks on CPU); 0 keeps torch's default
-    log_dir: str = "runs"  # TensorBoard runs go to {log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}
-    save_model: bool = False  # save the weights (with any normalisation statistics) and these Args to the run folder
-    eval_model: Optional[str] = None  # a file saved by --save-model: evaluate it and exit, no training
-    eval_episodes: int = 10  # deterministic evaluation episodes after training (0 skips them)
-    capture_video: bool = False  # record the evaluation episodes to {run_dir}/videos
-    progress: bool = True  # show a progress line (only when stderr is a terminal)
+    env_id: str = "CartPole-v1"
+    """gymnasium environment id"""
+    total_timesteps: int = 200_000
+    """environment steps to train for, rounded up to whole iterations"""
+    num_envs: int = 8
+    """N: parallel environments"""
+    seed: int = 1
+    """seed of random, numpy, torch and the environments"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """experiment name, part of the run folder's name"""
+    torch_deterministic: bool = True
+    """set torch.backends.cudnn.deterministic"""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto picks cuda, then mps, then cpu"""
+    threads: int = 1
+    """torch CPU threads (1 is fastest for small networks on CPU); 0: torch's default"""
+    log_dir: str = "runs"
+    """TensorBoard runs go to {log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}"""
+    log_every: int = 1_000
+    """log the losses every this many environment steps (they cost a sync)"""
+    save_model: bool = False
+    """save the weights, normalisation statistics and these Args to the run folder"""
+    eval_model: Optional[str] = None
+    """a file saved by --save-model: evaluate it and exit, no training"""
+    eval_episodes: int = 10
+    """deterministic evaluation episodes after training (0 skips them)"""
+    capture_video: bool = False
+    """record the evaluation episodes to {run_dir}/videos"""
+    progress: bool = True
+    """show a progress line (only when stderr is a terminal)"""
 
 
-# RL-Zoo's continuous-control settings, used in place of the defaults above when the env's action space is Box.
-BOX_DEFAULTS = dict(total_timesteps=1_000_000, num_envs=4, num_steps=8, learning_rate=9.6e-4, anneal_lr=True,
-                    gae_lambda=0.9, vf_coef=0.4, normalize=True)  # fmt: skip
+# RL-Zoo's continuous-control settings, used in place of the defaults above when the
+# env's action space is Box.
+BOX_DEFAULTS = dict(
+    total_timesteps=1_000_000,
+    num_envs=4,
+    num_steps=8,
+    learning_rate=9.6e-4,
+    anneal_lr=True,
+    gae_lambda=0.9,
+    vf_coef=0.4,
+    normalize=True,
+)
+
+
+def check_args(args: Args, obs_space, act_space):
+    """Refuse, in one line, the settings A2C cannot work with."""
+    flat = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
+    check(flat, f"needs flat Box observations; {args.env_id} has {obs_space}")
+    discrete_or_box = isinstance(act_space, (gym.spaces.Discrete, gym.spaces.Box))
+    spaces_msg = f"needs a Discrete or Box action space; {args.env_id} has {act_space}"
+    check(discrete_or_box, spaces_msg)
+    check(args.num_steps >= 1, f"--num-steps {args.num_steps} must be >= 1")
+    check(args.num_envs >= 1, f"--num-envs {args.num_envs} must be >= 1")
+    check(args.hidden >= 1, f"--hidden {args.hidden} must be >= 1")
+    check(0 <= args.gamma <= 1, f"--gamma {args.gamma} must be in [0, 1]")
+    lam = args.gae_lambda
+    check(0 <= lam <= 1, f"--gae-lambda {lam} must be in [0, 1]")
+    lr = args.learning_rate
+    check(math.isfinite(lr) and lr > 0, f"--learning-rate {lr} must be finite and > 0")
+    max_norm = args.max_grad_norm
+    finite_positive = math.isfinite(max_norm) and max_norm > 0
+    check(finite_positive, f"--max-grad-norm {max_norm} must be finite and > 0")
+    c_e = args.ent_coef
+    check(math.isfinite(c_e) and c_e >= 0, f"--ent-coef {c_e} must be finite and >= 0")
+    c_v = args.vf_coef
+    check(math.isfinite(c_v) and c_v >= 0, f"--vf-coef {c_v} must be finite and >= 0")
 
 
 # ── The estimators and losses, in the order the lecture derives them ──
-# compute_gae is the copy shared with ppo.py and trpo.py: its T is the n of a rollout here.
-def compute_gae(rewards, values, next_values, terminations, dones, gamma: float, gae_lambda: float):
-    """GAE(λ) advantages Â_t of a rollout; every argument has shape (T, N). next_values[t] is V(s_{t+1}) of
-    the same episode (V of the true last observation where the episode was truncated); terminations[t] = 1
-    where s_{t+1} is terminal; dones[t] = 1 where the episode ended at step t (terminated or truncated)."""
+# compute_gae is the copy shared with ppo.py and trpo.py: its T is the n of a rollout.
+def compute_gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
+    """GAE(λ) advantages Â_t of a rollout; every argument has shape (T, N).
+    next_values[t] is V(s_{t+1}) of the same episode (V of the true last observation
+    where the episode was truncated); terminations[t] = 1 where s_{t+1} is terminal;
+    dones[t] = 1 where the episode ended at step t (terminated or truncated)."""
     # δ_t = r_t + γ (1 − term_t) V(s_{t+1}) − V(s_t)
     deltas = rewards + gamma * (1.0 - terminations) * next_values - values
-    advantages, next_adv = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}, i.e. Σ_l (γλ)^l δ_{t+l} up to the end of the episode
-        next_adv = deltas[t] + gamma * gae_lambda * (1.0 - dones[t]) * next_adv
-        advantages[t] = next_adv
+        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: Σ_l (γλ)^l δ_{t+l} to the episode's end
+        next_advantage = (
+            deltas[t] + gamma * gae_lambda * (1.0 - dones[t]) * next_advantage
+        )
+        advantages[t] = next_advantage
     return advantages
 
 
 def policy_loss(logp, advantages):
-    """−Ê[log π_θ(a_t|s_t) Â_t]: minimising it ascends J. Â_t carries no gradient (it is computed from a detached
-    V), so the gradient is Ê[∇ log π_θ(a_t|s_t) Â_t], the policy gradient with V(s_t) as baseline."""
+    """−Ê[log π_θ(a_t|s_t) Â_t]: minimising it ascends J. Â_t carries no gradient (it
+    is computed from a detached V), so the gradient is Ê[∇ log π_θ(a_t|s_t) Â_t], the
+    policy gradient with V(s_t) as baseline."""
     return -(logp * advantages).mean()
 
 
@@ -104,58 +176,124 @@ def value_loss(values, critic_targets):
     return ((values - critic_targets) ** 2).mean()
 
 
-# Log-probabilities and entropies in closed form: the numbers torch.distributions gives, without building a
-# distribution object for every step (a large share of a small network's step time).
-def categorical_logp(logits, actions):  # log π(a|s) = z_a − log Σ_b exp z_b
-    return logits.log_softmax(-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+# Log-probabilities and entropies in closed form: the numbers torch.distributions gives,
+# without building a distribution object for every step (a large share of a small
+# network's step time).
+def categorical_logp(logits, actions):
+    """log π(a|s) = z_a − log Σ_b exp z_b"""
+    logp_all = logits.log_softmax(-1)
+    return logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
 
-def categorical_entropy(logits):  # H = −Σ_a π(a|s) log π(a|s)
+def categorical_entropy(logits):
+    """H = −Σ_a π(a|s) log π(a|s)"""
     logp = logits.log_softmax(-1)
     return -(logp.exp() * logp).sum(-1)
 
 
-def gaussian_logp(mean, log_std, actions):  # log N(a; μ, σ²), summed over the independent action dimensions
-    return (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+def gaussian_logp(mean, log_std, actions):
+    """log N(a; μ, σ²), summed over the independent action dimensions"""
+    z = (actions - mean) / log_std.exp()
+    return (-0.5 * z**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
 
 
-def gaussian_entropy(log_std):  # H = Σ_i (½ log(2πe) + log σ_i)
+def gaussian_entropy(log_std):
+    """H = Σ_i (½ log(2πe) + log σ_i)"""
     return (0.5 + 0.5 * np.log(2 * np.pi) + log_std).sum(-1)
 
 
-# ── Networks ──
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Linear:
-    """Orthogonal weights with gain `std` and a constant bias, as in OpenAI baselines' PPO."""
+# ── Networks, normalisation and environments ──
+def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias: float = 0.0):
+    """Orthogonal weights of gain `std`, a constant bias (as OpenAI baselines' PPO)."""
     nn.init.orthogonal_(layer.weight, std)
     nn.init.constant_(layer.bias, bias)
     return layer
 
 
 def mlp(n_in: int, n_out: int, hidden: int, out_std: float) -> nn.Sequential:
-    return nn.Sequential(layer_init(nn.Linear(n_in, hidden)), nn.Tanh(), layer_init(nn.Linear(hidden, hidden)),
-                         nn.Tanh(), layer_init(nn.Linear(hidden, n_out), std=out_std))  # fmt: skip
+    return nn.Sequential(
+        layer_init(nn.Linear(n_in, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, n_out), std=out_std),
+    )
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (Chan et al.'s parallel update),
+    as buffers: saved in the state dict, so evaluation sees what training saw."""
+
+    def __init__(self, shape=()):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    def update(self, x: torch.Tensor):
+        batch_mean = x.mean(0)
+        batch_var = x.var(0, unbiased=False)
+        n = x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.mean.add_(delta * n / total)
+        self.count.fill_(total)
+
+    def forward(self, x: torch.Tensor, clip: float = 10.0) -> torch.Tensor:
+        z = (x - self.mean) / (self.var + 1e-8).sqrt()
+        return z.clamp(-clip, clip).to(x.dtype)
+
+
+class RewardScale:
+    """r_t / std(discounted return), clipped to ±10: the scale of the return, not of r_t
+    (as SB3's VecNormalize and CleanRL's NormalizeReward)."""
+
+    def __init__(self, num_envs: int, gamma: float, device):
+        self.gamma = gamma
+        self.rms = RunningMeanStd().to(device)
+        # per-env Σ_k γ^k r_{t-k}, (N,)
+        self.discounted = torch.zeros(num_envs, dtype=torch.float64, device=device)
+
+    def __call__(self, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        self.discounted = self.discounted * self.gamma + reward
+        self.rms.update(self.discounted)
+        self.discounted[done] = 0.0
+        return (reward / (self.rms.var + 1e-8).sqrt()).clamp(-10, 10)
 
 
 class Agent(nn.Module):
-    """Separate actor and critic MLPs ("shared" trunks make the two losses fight): the actor outputs softmax
-    logits, or the Gaussian mean with a free log σ; the critic V(s) has a linear output (values are unbounded)."""
+    """Separate actor and critic MLPs ("shared" trunks make the two losses fight): the
+    actor outputs softmax logits, or the Gaussian mean with a free log σ; the critic
+    V(s) has a linear output (values are unbounded)."""
 
     def __init__(self, obs_space, act_space, hidden: int, normalize: bool):
         super().__init__()
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
-        obs_dim, act_dim = obs_space.shape[0], act_space.n if self.discrete else act_space.shape[0]
+        obs_dim = obs_space.shape[0]
+        if self.discrete:
+            act_dim = act_space.n
+        else:
+            act_dim = act_space.shape[0]
         self.obs_rms = RunningMeanStd(obs_dim) if normalize else None
         self.critic = mlp(obs_dim, 1, hidden, out_std=1.0)
-        self.actor = mlp(obs_dim, act_dim, hidden, out_std=0.01)  # starts near uniform π, or μ ≈ 0
+        # out_std 0.01: π starts near uniform, or μ ≈ 0
+        self.actor = mlp(obs_dim, act_dim, hidden, out_std=0.01)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.zeros(act_dim))
-            self.register_buffer("low", torch.as_tensor(act_space.low, dtype=torch.float32))
-            self.register_buffer("high", torch.as_tensor(act_space.high, dtype=torch.float32))
+            low = torch.as_tensor(act_space.low, dtype=torch.float32)
+            high = torch.as_tensor(act_space.high, dtype=torch.float32)
+            self.register_buffer("low", low)
+            self.register_buffer("high", high)
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs if self.obs_rms is None else self.obs_rms(obs)
+        if self.obs_rms is None:
+            return obs
+        return self.obs_rms(obs)
 
     def value(self, obs):
+        """V(s)"""
         return self.critic(obs).squeeze(-1)
 
     def logp_entropy(self, obs, actions):
@@ -167,484 +305,479 @@ class Agent(nn.Module):
         return gaussian_logp(out, log_std, actions), gaussian_entropy(log_std)
 
     def sample(self, obs):
-        """a ~ π_θ(·|s). No log π here: the update recomputes it with its graph, from the same θ."""
+        """a ~ π_θ(·|s). No log π here: the update recomputes it with its graph, from
+        the same θ."""
         out = self.actor(obs)
         if self.discrete:
-            # Gumbel-max trick: argmax_a (z_a − log E_a) with E_a ~ Exp(1) is a sample of softmax(z), ~2.5× faster
-            # than torch.multinomial on a small batch
+            # Gumbel-max trick: argmax_a (z_a − log E_a) with E_a ~ Exp(1) is a sample
+            # of softmax(z), ~2.5× faster than torch.multinomial on a small batch
             return (out - torch.empty_like(out).exponential_().log()).argmax(-1)
         return out + self.log_std.exp() * torch.randn_like(out)
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
-        """What the env is given: a Gaussian sample is clipped to the bounds; log π keeps the sampled one."""
-        return (action if self.discrete else action.clamp(self.low, self.high)).cpu().numpy()
+        """What the env is given: a Gaussian sample is clipped to the bounds; log π
+        keeps the sampled one."""
+        if not self.discrete:
+            action = action.clamp(self.low, self.high)
+        return action.cpu().numpy()
 
     @torch.inference_mode()
     def act(self, raw_obs: np.ndarray) -> np.ndarray:
-        """Deterministic action for evaluation: argmax π, or the Gaussian mean clipped to the bounds."""
-        obs = torch.as_tensor(raw_obs, dtype=torch.float32, device=self.critic[0].weight.device)
+        """Deterministic action for evaluation: argmax π, or the Gaussian mean clipped
+        to the bounds."""
+        device = self.critic[0].weight.device
+        obs = torch.as_tensor(raw_obs, dtype=torch.float32, device=device)
         out = self.actor(self.normalize(obs))
-        return (out.argmax(-1) if self.discrete else out.clamp(self.low, self.high)).cpu().numpy()
+        if self.discrete:
+            action = out.argmax(-1)
+        else:
+            action = out.clamp(self.low, self.high)
+        return action.cpu().numpy()
 
 
 def make_agent(args: Args, obs_space, act_space) -> Agent:
     return Agent(obs_space, act_space, args.hidden, args.normalize)
 
 
-# ── Training: collect n steps of N envs with π_θ → n-step/GAE targets → one gradient step → log ──
-class Rollout:
-    """n steps of N envs, kept as numpy (the env's own type): no tensor work per step beyond choosing the action.
-    Every array is (n, N) unless noted."""
-
-    def __init__(self, n: int, N: int, obs_space, act_space, args: Args, device):
-        self.obs = np.zeros((n, N) + obs_space.shape, dtype=np.float32)  # raw s_t, (n, N, obs_dim)
-        self.next_obs = np.zeros_like(self.obs)  # raw s_{t+1} of the same episode (the true last one where it ended)
-        self.actions = np.zeros((n, N) + act_space.shape, dtype=np.float32)  # a_t as sampled, (n, N) or (n, N, act_dim)
-        # r_t, term_t, done_t, and each env's discounted return Σ_k γ^k r_{t−k} of the episode so far at step t
-        self.rewards, self.terminations, self.dones, self.discounted = np.zeros((4, n, N), dtype=np.float32)
-        # reward scale: std of the discounted return (RewardScale's statistic, updated once per rollout); not saved
-        self.ret_rms, self.running = RunningMeanStd().to(device) if args.normalize else None, np.zeros(N)
-        self.gamma, self.device = args.gamma, device
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 − Var[R − V] / Var[R]: 1 for a perfect critic, 0 for a constant one."""
+    var = target.var()
+    if var == 0:
+        return float("nan")
+    return float(1 - (target - pred).var() / var)
 
 
-def collect_rollout(envs, agent: Agent, buf: Rollout, obs: np.ndarray, run) -> np.ndarray:
-    """Fill `buf` with n steps of every env under a ~ π_θ(·|s_t); returns s_n, where the next rollout starts.
-    The normalisation statistics stay fixed during a rollout, so the update sees the inputs π acted on."""
-    for t in range(len(buf.obs)):
-        with torch.inference_mode():
-            action = agent.sample(agent.normalize(torch.as_tensor(obs, dtype=torch.float32, device=buf.device)))
-        buf.obs[t], buf.actions[t] = obs, action.cpu().numpy()
-        obs, reward, terminated, truncated, info = envs.step(agent.env_action(action))
-        run.step += envs.num_envs
-        run.log_episodes(info)
-        buf.rewards[t], buf.terminations[t], buf.dones[t] = reward, terminated, terminated | truncated
-        buf.next_obs[t] = obs
-        if buf.dones[t].any():  # SAME_STEP autoreset: obs starts the next episode; its true s_{t+1} is here
-            idx = np.flatnonzero(buf.dones[t])
-            buf.next_obs[t, idx] = np.stack(info["final_obs"][idx])
-        if buf.ret_rms is not None:  # each env's discounted return of its episode so far, for the reward scale
-            buf.running = buf.running * buf.gamma + reward
-            buf.discounted[t], buf.running[buf.dones[t] > 0] = buf.running, 0.0
-    return obs
+def make_envs(env_id: str, num_envs: int, video_dir: Optional[str] = None):
+    """N copies of env_id stepped in this process, with info["episode"] statistics.
 
-
-def update(agent: Agent, optimizer, buf: Rollout, args: Args, log: bool) -> Optional[dict]:
-    """One gradient step on the n·N samples of the rollout; with `log`, returns the iteration's diagnostics."""
-    # θ has not changed since the rollout, so V(s_t) and log π(a_t|s_t) computed now, with their graphs, are
-    # the values of the rollout: one batched pass instead of one per step.
-    n, tensor = len(buf.obs), lambda x: torch.as_tensor(x, device=buf.device)
-    raw = tensor(np.concatenate([buf.obs, buf.next_obs]))  # (2n, N, obs_dim)
-    all_obs = agent.normalize(raw)
-    values, next_values = agent.value(all_obs).split(n)  # V(s_t), V(s_{t+1}): (n, N) each
-    rewards = tensor(buf.rewards)
-    if buf.ret_rms is not None:  # r_t / std(discounted return), clipped: the scale of the return (as SB3, CleanRL)
-        buf.ret_rms.update(tensor(buf.discounted).flatten())
-        rewards = (rewards / (buf.ret_rms.var + 1e-8).sqrt()).clamp(-10, 10)
-    with torch.no_grad():  # targets are constants: the critic regresses on them, it does not move them
-        advantages = compute_gae(rewards, values, next_values, tensor(buf.terminations), tensor(buf.dones),
-                                 args.gamma, args.gae_lambda)  # fmt: skip
-        critic_targets = advantages + values  # R_t = Â_t + V(s_t); with λ = 1 the n-step return
-    logp, entropy = agent.logp_entropy(all_obs[:n].flatten(0, 1), tensor(buf.actions).flatten(0, 1))
-    pg_loss = policy_loss(logp, advantages.flatten())
-    v_loss = value_loss(values.flatten(), critic_targets.flatten())
-    check_finite(policy_loss=pg_loss, value_loss=v_loss)
-    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm, foreach=True)
-    optimizer.step()
-    if agent.obs_rms is not None:  # new statistics for the next rollout
-        agent.obs_rms.update(raw[:n].flatten(0, 1))
-    if log:
-        return {"losses/policy_loss": pg_loss.item(), "losses/value_loss": v_loss.item(),
-                "diagnostics/entropy": entropy.mean().item(),
-                "diagnostics/explained_variance": explained_variance(values.detach(), critic_targets),
-                "diagnostics/advantage_mean": advantages.mean().item(),
-                "diagnostics/advantage_std": advantages.std().item()}  # fmt: skip
-
-
-def train(args: Args) -> dict:
-    obs_space, act_space, device = prepare(args)
-    envs = make_envs(args.env_id, args.num_envs)
-    agent = make_agent(args, obs_space, act_space).to(device)
-    if args.optimizer == "rmsprop":  # decay 0.99 and ε = 1e-5, as SB3's A2C and OpenAI baselines
-        optimizer = torch.optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=1e-5, foreach=True)
-    else:  # fused=True: one kernel for all parameters, ~4x faster steps than the default on CPU
-        optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
-    n, N = args.num_steps, args.num_envs
-    buf, iterations = Rollout(n, N, obs_space, act_space, args, device), num_iterations(args, n * N)
-    obs, _ = envs.reset(seed=args.seed)
-    with Run(args, agent) as run:
-        for iteration in range(iterations):
-            lr = args.learning_rate * (1.0 - iteration / iterations if args.anneal_lr else 1.0)
-            optimizer.param_groups[0]["lr"] = lr
-
-            # ---- collect n steps from each of the N envs with the current π_θ ----
-            obs = collect_rollout(envs, agent, buf, obs, run)
-            run.progress()
-
-            # ---- targets R_t and advantages Â_t, then one gradient step on the n·N samples ----
-            stats = update(agent, optimizer, buf, args, log=(iteration + 1) % args.log_interval == 0)
-
-            # ---- log ----
-            if stats is not None:
-                run.log({**stats, "charts/learning_rate": lr})
-        envs.close()
-        return run.finish()
-
-
-def check_args(args: Args, obs_space, act_space):
-    """Refuse, in one line, what cannot work."""
-    batch = args.num_envs * args.num_steps
-    check(
-        check_spaces(args.env_id, obs_space, act_space, gym.spaces.Discrete, gym.spaces.Box),
-        (min(args.num_envs, args.num_steps, args.hidden, args.log_interval) >= 1,
-         "--num-envs, --num-steps, --hidden and --log-interval must be >= 1"),
-        (args.total_timesteps >= batch,
-         f"--total-timesteps {args.total_timesteps} is less than one rollout (num_envs*num_steps = {batch})"),
-        (0 <= args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma and --gae-lambda must lie in [0, 1]"),
-        (all(0 < x < math.inf for x in (args.learning_rate, args.max_grad_norm)),
-         "--learning-rate and --max-grad-norm must be positive and finite"),
-        (math.isfinite(args.ent_coef + args.vf_coef), "--ent-coef and --vf-coef must be finite"),
-    )  # fmt: skip
-
-
-# ── Run plumbing, identical in every script (tests/test_contract.py compares the copies) ────────────────────────
-
-
-class Diverged(RuntimeError):
-    """A loss, parameter or action became NaN or infinite: the run stops and saves no model."""
-
-
-def fail(msg: str):
-    """Bad input: one line on stderr, exit code 2, nothing written."""
-    print(f"error: {os.path.basename(__file__)}: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def check(*conditions):
-    """fail() with the message of the first (ok, message) pair that is not ok."""
-    for ok, msg in conditions:
-        if not ok:
-            fail(msg)
-
-
-def check_finite(**tensors):
-    """Raise Diverged at the first NaN or inf among the named losses, parameters or actions."""
-    for name, x in tensors.items():
-        if not torch.isfinite(x).all():
-            raise Diverged(f"{name} is not finite: is the learning rate too large?")
-
-
-def check_spaces(env_id: str, obs_space, act_space, *action_spaces) -> tuple:
-    """(ok, message) for check(): flat Box observations and an action space of one of the given types."""
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        return False, f"needs flat Box observations; {env_id} has {obs_space}"
-    kinds = " or ".join(kind.__name__ for kind in action_spaces)
-    return isinstance(act_space, action_spaces), f"needs a {kinds} action space; {env_id} has {act_space}"
-
-
-def env_spaces(env_id: str):
-    """Observation and action space of env_id, or a one-line error if it cannot be made."""
-    try:
-        env = gym.make(env_id)
-    except (gym.error.Error, ImportError) as e:
-        fail(f"cannot make env '{env_id}': {e}")
-    env.close()
-    return env.observation_space, env.action_space
-
-
-def prepare(args: Args):
-    """Check the Args before anything is written (the script's check_args, then the common fields); then seed and
-    pick the device. Returns (observation space, action space, device)."""
-    obs_space, act_space = env_spaces(args.env_id)
-    check_args(args, obs_space, act_space)
-    check_common(args)
-    if args.capture_video:
-        check_rendering(args.env_id)
-    return obs_space, act_space, setup(args)
-
-
-def check_common(args: Args):
-    check(
-        (0 <= args.seed < 2**32, f"--seed {args.seed} must lie in [0, 2^32)"),
-        (args.total_timesteps >= 1 and args.eval_episodes >= 0, "--total-timesteps must be >= 1, --eval-episodes >= 0"),
-        (args.threads >= 0, f"--threads {args.threads}: give a number of threads, or 0 for torch's default"),
-        (args.exp_name.strip(".") and os.path.basename(args.exp_name) == args.exp_name,
-         f"--exp-name {args.exp_name!r} must be a plain name, without '/'"),
-        (not os.path.exists(args.log_dir) or os.path.isdir(args.log_dir), f"--log-dir {args.log_dir} is not a folder"),
-    )  # fmt: skip
-
-
-def setup(args: Args) -> torch.device:
-    """Resolve the device once, set CPU threads and denormal flushing, seed random, numpy and torch."""
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available() or device == "mps" and not torch.backends.mps.is_available():
-        fail(f"--device {device}, but torch sees no such device here; use --device cpu")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    # optimiser moments of inactive units decay into denormal floats (< 1e-38), which x86 CPUs compute ~100× slower
-    torch.set_flush_denormal(True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    return torch.device(device)
-
-
-def check_rendering(env_id: str):
-    """--capture-video: without a display MuJoCo renders off-screen through EGL; refuse early if nothing renders."""
-    if not os.environ.get("DISPLAY"):
-        os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        env = gym.make(env_id, render_mode="rgb_array")
-        env.reset(seed=0)
-        assert env.render() is not None, "no frame"
-        env.close()
-    except Exception as e:  # a missing GL library surfaces as any of several error types
-        fail(f"--capture-video: {env_id} cannot render here ({type(e).__name__}: {e}); set MUJOCO_GL or drop it")
-
-
-def make_envs(env_id: str, num_envs: int, video_dir: Optional[str] = None) -> gym.vector.VectorEnv:
-    """N copies of env_id stepped in this process, episode statistics in info["episode"].
-    SAME_STEP autoreset: the step that ends an episode already returns the next episode's first observation,
-    and the true last one is in info["final_obs"], so no transition pairs the end of one episode with the next.
-    With video_dir, env i records its first episode (and no other) to video_dir/env-{i}/."""
+    SAME_STEP autoreset: the step that ends an episode already returns the next
+    episode's first observation, and the true last one is in info["final_obs"], so no
+    transition pairs the end of one episode with the start of the next. With
+    video_dir, env i records its first episode (and no other) to video_dir/env-{i}/."""
 
     def make(i: int):
         def thunk():
             if video_dir is None:
                 return gym.make(env_id)
             env = gym.make(env_id, render_mode="rgb_array")
-            return gym.wrappers.RecordVideo(env, f"{video_dir}/env-{i}", episode_trigger=lambda ep: ep == 0)
+            folder = f"{video_dir}/env-{i}"
+            return gym.wrappers.RecordVideo(env, folder, lambda episode: episode == 0)
 
         return thunk
 
     same_step = gym.vector.AutoresetMode.SAME_STEP
-    envs = gym.vector.SyncVectorEnv([make(i) for i in range(num_envs)], autoreset_mode=same_step)
+    thunks = [make(i) for i in range(num_envs)]
+    envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=same_step)
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
+def final_observations(next_obs: np.ndarray, info: dict) -> np.ndarray:
+    """s_{t+1} of each env's transition. Under SAME_STEP autoreset an env whose episode
+    just ended already returns the next episode's first observation; its true last
+    observation is in info["final_obs"]."""
+    real_next_obs = next_obs.copy()
+    if "final_obs" in info:
+        ended = info["_final_obs"]
+        real_next_obs[ended] = np.stack(info["final_obs"][ended])
+    return real_next_obs
+
+
+# ── Training: collect n·N steps with π_θ → n-step/GAE targets → one gradient step ──
+class Rollout:
+    """n steps of N envs, kept as numpy (the env's own type): little tensor work per
+    step. Every array is (n, N) unless noted."""
+
+    def __init__(self, n: int, N: int, obs_space, act_space, device):
+        # raw s_t, (n, N, obs_dim)
+        self.obs = np.zeros((n, N) + obs_space.shape, dtype=np.float32)
+        # raw s_{t+1} of the same episode (the true last one where it ended)
+        self.next_obs = np.zeros_like(self.obs)
+        # a_t as sampled, (n, N) or (n, N, act_dim)
+        self.actions = np.zeros((n, N) + act_space.shape, dtype=np.float32)
+        # r_t (scaled with --normalize)
+        self.rewards = np.zeros((n, N), dtype=np.float32)
+        # term_t = 1 where s_{t+1} is terminal
+        self.terminations = np.zeros((n, N), dtype=np.float32)
+        # done_t = 1 where the episode ended at step t (terminated or truncated)
+        self.dones = np.zeros((n, N), dtype=np.float32)
+        self.device = device
+
+
+def collect_rollout(envs, agent: Agent, buf: Rollout, obs, reward_scale, run):
+    """Fill `buf` with n steps of every env under a ~ π_θ(·|s_t); returns s_n, where the
+    next rollout starts. The observation statistics stay fixed during a rollout, so the
+    update sees the inputs π acted on."""
+    for t in range(len(buf.obs)):
+        with torch.inference_mode():
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=buf.device)
+            action = agent.sample(agent.normalize(obs_t))
+        buf.obs[t] = obs
+        buf.actions[t] = action.cpu().numpy()
+        obs, reward, terminated, truncated, info = envs.step(agent.env_action(action))
+        run.step += envs.num_envs
+        run.log_episodes(info)
+        done = terminated | truncated
+        if reward_scale is not None:
+            # r_t / std(discounted return), clipped: the scale of the return
+            scaled = reward_scale(torch.as_tensor(reward), torch.as_tensor(done))
+            reward = scaled.numpy()
+        buf.rewards[t] = reward
+        buf.terminations[t] = terminated
+        buf.dones[t] = done
+        # SAME_STEP autoreset: obs starts the next episode where one ended; the true
+        # s_{t+1} of each transition is in info["final_obs"]
+        buf.next_obs[t] = final_observations(obs, info)
+    return obs
+
+
+@torch.no_grad()
+def estimate(buf: Rollout, values, next_values, args: Args):
+    """Advantages Â_t and critic targets R_t of the rollout, (n, N) each. No gradient:
+    the targets are constants, the critic regresses on them, it does not move them."""
+    rewards = torch.as_tensor(buf.rewards, device=buf.device)
+    terminations = torch.as_tensor(buf.terminations, device=buf.device)
+    dones = torch.as_tensor(buf.dones, device=buf.device)
+    advantages = compute_gae(
+        rewards, values, next_values, terminations, dones, args.gamma, args.gae_lambda
+    )
+    # R_t = Â_t + V(s_t); with λ = 1 the n-step return
+    critic_targets = advantages + values
+    return advantages, critic_targets
+
+
+def update(agent: Agent, optimizer, buf: Rollout, args: Args, log: bool):
+    """Estimate the targets, then one gradient step on the n·N samples of the rollout;
+    with `log`, returns the iteration's diagnostics."""
+    # θ has not changed since the rollout, so V(s_t) and log π(a_t|s_t) computed now,
+    # with their graphs, are the values of the rollout: one batched pass, not one a step
+    n = len(buf.obs)
+    # raw s_t for all t, then s_{t+1} for all t: (2n, N, obs_dim)
+    raw = torch.as_tensor(np.concatenate([buf.obs, buf.next_obs]), device=buf.device)
+    all_obs = agent.normalize(raw)
+    # V(s_t), V(s_{t+1}): (n, N) each
+    values, next_values = agent.value(all_obs).split(n)
+    advantages, critic_targets = estimate(buf, values, next_values, args)
+
+    obs = all_obs[:n].flatten(0, 1)
+    actions = torch.as_tensor(buf.actions, device=buf.device).flatten(0, 1)
+    logp, entropy = agent.logp_entropy(obs, actions)
+    pg_loss = policy_loss(logp, advantages.flatten())
+    v_loss = value_loss(values.flatten(), critic_targets.flatten())
+    check_finite(policy_loss=pg_loss, value_loss=v_loss)
+    # loss = −Ê[log π_θ(a_t|s_t) Â_t] + c_v Ê[(V_θ(s_t) − R_t)²] − c_e Ê[H(π_θ(·|s_t))]
+    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = optimizer.param_groups[0]["params"]
+    nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
+    optimizer.step()
+    if agent.obs_rms is not None:
+        # new statistics for the next rollout
+        agent.obs_rms.update(raw[:n].flatten(0, 1))
+    if not log:
+        return None
+    # 1 − Var[R_t − V(s_t)] / Var[R_t]
+    ev = explained_variance(values.detach(), critic_targets)
+    return {
+        "losses/policy_loss": pg_loss.item(),
+        "losses/value_loss": v_loss.item(),
+        "diagnostics/entropy": entropy.mean().item(),
+        "diagnostics/explained_variance": ev,
+        "diagnostics/advantage_mean": advantages.mean().item(),
+        "diagnostics/advantage_std": advantages.std().item(),
+    }
+
+
+def make_optimizer(args: Args, agent: Agent) -> torch.optim.Optimizer:
+    lr = args.learning_rate
+    if args.optimizer == "rmsprop":
+        # decay 0.99 and ε = 1e-5, as SB3's A2C and OpenAI baselines
+        params = agent.parameters()
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5, foreach=True)
+    # fused=True: one kernel for all parameters, ~4x faster steps than default on CPU
+    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
+
+
+def train(args: Args) -> dict:
+    obs_space, act_space, device = prepare(args)
+    envs = make_envs(args.env_id, args.num_envs)
+    agent = make_agent(args, obs_space, act_space).to(device)
+    optimizer = make_optimizer(args, agent)
+    reward_scale = None
+    if args.normalize:
+        # on the CPU, beside the env's rewards; training only, it is not saved
+        reward_scale = RewardScale(args.num_envs, args.gamma, "cpu")
+    buf = Rollout(args.num_steps, args.num_envs, obs_space, act_space, device)
+    batch = args.num_steps * args.num_envs
+    iterations = math.ceil(args.total_timesteps / batch)
+    obs, _ = envs.reset(seed=args.seed)
+    with Run(args, agent) as run:
+        for iteration in range(iterations):
+            lr = args.learning_rate
+            if args.anneal_lr:
+                # linear decay to 0 over training
+                lr = args.learning_rate * (1.0 - iteration / iterations)
+            optimizer.param_groups[0]["lr"] = lr
+
+            # ---- collect n steps from each of the N envs with the current π_θ ----
+            obs = collect_rollout(envs, agent, buf, obs, reward_scale, run)
+            run.progress()
+
+            # ---- targets R_t and advantages Â_t, then one gradient step ----
+            log = run.due()
+            stats = update(agent, optimizer, buf, args, log)
+
+            # ---- log ----
+            if log:
+                run.log({**stats, "charts/learning_rate": lr})
+        envs.close()
+        return run.finish()
+
+
+# ── Run plumbing, identical in every script (tests/test_contract.py compares them) ──
+# It gives the code above prepare (checks, seeding, device), Run (run folder, writer,
+# progress line, Ctrl-C, save, evaluate), check and check_finite. It needs from there
+# Args, check_args, make_agent (a model with .act), make_envs, train, BOX_DEFAULTS.
+
+
+def check(ok, msg: str):
+    """Refuse bad input: one line on stderr, exit code 2, nothing written."""
+    if not ok:
+        print(f"error: {os.path.basename(__file__)}: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_finite(**tensors):
+    for name, x in tensors.items():
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"{name} is not finite: learning rate too large?")
+
+
+def env_spaces(env_id: str):
+    try:
+        with warnings.catch_warnings(action="ignore"):  # no warning before the line
+            env = gym.make(env_id)
+    except (gym.error.Error, ImportError) as e:
+        check(False, f"cannot make env '{env_id}': {e}")
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def prepare(args: Args):
+    """Check the Args before writing anything, seed, pick the device (auto: GPU)."""
+    obs_space, act_space = env_spaces(args.env_id)
+    check_args(args, obs_space, act_space)
+    check(0 <= args.seed < 2**32, f"--seed {args.seed} must lie in [0, 2^32)")
+    check(args.total_timesteps >= 1, "--total-timesteps must be >= 1")
+    check(args.eval_episodes >= 0, "--eval-episodes must be >= 0 (0 skips evaluation)")
+    check(args.threads >= 0, "--threads must be >= 0 (0 keeps torch's default)")
+    check(args.log_every >= 1, "--log-every must be >= 1")
+    plain = os.path.basename(args.exp_name) == args.exp_name.strip(".")[:99]
+    check(plain, "--exp-name: a name without '/', under 100 characters")
+    accelerator = torch.accelerator.current_accelerator()  # cuda or mps, if any
+    found = ["cpu"] if accelerator is None else ["cpu", accelerator.type]
+    device = found[-1] if args.device == "auto" else args.device
+    check(device in found, f"--device {device}: torch sees none here; use cpu")
+    if args.capture_video:  # refuse early what cannot render (MuJoCo: through EGL)
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        try:
+            env = gym.make(args.env_id, render_mode="rgb_array")
+            env.reset(seed=0)
+            frame = env.render()
+        except Exception as e:  # a missing GL library surfaces as many error types
+            frame = f"{type(e).__name__}: {e}"
+        check(isinstance(frame, np.ndarray), f"--capture-video: no frame ({frame})")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    # Adam's moments of idle units decay into denormals (< 1e-38): ~100× slower on x86
+    torch.set_flush_denormal(True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    return obs_space, act_space, torch.device(device)
+
+
 def new_folder(path: str) -> str:
-    """Create a folder no other run shares: path, or path-2, path-3, … where that exists already."""
+    """Create a folder no other run shares: path, or path-2, path-3, … if it exists."""
     for candidate in [path] + [f"{path}-{k}" for k in range(2, 1000)]:
         try:
             os.makedirs(candidate)
             return candidate
         except FileExistsError:
             continue
-        except OSError as e:
-            fail(f"cannot create {candidate}: {e.strerror}")
+        except OSError as e:  # --log-dir is a file, or may not be written
+            check(False, f"cannot create {candidate}: {e.strerror}")
 
 
-class Run:
-    """One training run: its folder, TensorBoard writer, env-step counter and progress line. As a context manager
-    it ends every run by saying where its output went: on Ctrl-C it saves the model (--save-model, marked
-    interrupted); on a fault it saves nothing. The writer is flushed and closed either way."""
+class Run(contextlib.AbstractContextManager):
+    """A training run: folder, writer, step counter, progress line, saving, Ctrl-C."""
 
     def __init__(self, args: Args, model: nn.Module):
-        self.args, self.model, self.step, self.start, self.recent_return = args, model, 0, time.time(), float("nan")
-        self.interrupted, self.previous_handler = False, None
-        self.dir = new_folder(f"{args.log_dir}/{args.env_id}__{args.exp_name}__{args.seed}__{int(self.start)}")
-        self.writer, self.line_open = SummaryWriter(self.dir), False
-        rows = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + rows, 0)
-
-    def __enter__(self):
-        # Ctrl-C only sets a flag, acted on at the next log call: a KeyboardInterrupt raised inside TensorBoard's
-        # writer can leave writer.close() waiting two minutes for its queue
-        try:
-            self.previous_handler = signal.signal(signal.SIGINT, self.interrupt)
-        except ValueError:  # only the main thread may set a handler; elsewhere Ctrl-C stays Python's default
-            pass
-        return self
+        self.args = args
+        self.model = model
+        self.step = 0
+        self.next_log = 0
+        self.start = time.time()
+        self.last_return = math.nan
+        self.interrupted = False
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(self.start)}"
+        self.dir = new_folder(os.path.join(args.log_dir, name))
+        self.model_path = os.path.join(self.dir, f"{args.exp_name}.pt")
+        self.writer = SummaryWriter(self.dir)
+        rows = "".join(f"\n|{k}|{v}|" for k, v in asdict(args).items())
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|" + rows, 0)
+        # Ctrl-C sets a flag that due() acts on (a KeyboardInterrupt in TensorBoard's
+        # writer can hang its close()); finish() lets it stop the evaluation at once
+        self.previous_handler = signal.signal(signal.SIGINT, self.interrupt)
 
     def interrupt(self, signum, frame):
         self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one stops
 
     def __exit__(self, kind, exc, tb):
-        if self.previous_handler is not None:
-            signal.signal(signal.SIGINT, self.previous_handler)
-        self.end_line()
-        if kind is KeyboardInterrupt:
-            saved = f", model {self.save(interrupted=True)} (interrupted)" if self.args.save_model else ""
-            print(f"interrupted at step {self.step:,}: run folder {self.dir}{saved}", file=sys.stderr)
-        elif kind is Diverged:  # main prints the one line
-            exc.args = (f"{exc} (step {self.step:,}; no model saved, run folder {self.dir})",)
-        elif kind is not None:
-            print(f"stopped at step {self.step:,} by {kind.__name__}; run folder {self.dir}", file=sys.stderr)
+        """Save the model (--save-model), close the writer, say where it all went."""
+        signal.signal(signal.SIGINT, self.previous_handler)
+        self.progress(end=True)
+        where = f"run folder {self.dir}"
+        if self.args.save_model and kind in (None, KeyboardInterrupt):
+            ckpt = dict(script=os.path.basename(__file__), args=asdict(self.args))
+            ckpt.update(model=self.model.state_dict(), step=self.step)
+            torch.save(dict(ckpt, interrupted=self.interrupted), self.model_path)
+            where += f", model {self.model_path}" + " (interrupted)" * self.interrupted
         self.writer.close()
+        if kind is FloatingPointError:  # main prints the one line
+            exc.args = (f"{exc} (step {self.step:,}; no model saved, {where})",)
+        elif kind is KeyboardInterrupt:
+            print(f"interrupted at step {self.step:,}: {where}", file=sys.stderr)
+        elif kind is None:
+            print(f"{self.step:,} steps in {time.time() - self.start:.0f} s: {where}")
+
+    def due(self) -> bool:
+        """True now and every --log-every env steps after; a Ctrl-C stops it here."""
+        if self.interrupted:
+            raise KeyboardInterrupt
+        if self.step < self.next_log:
+            return False
+        self.next_log = self.step + self.args.log_every
+        return True
 
     def log(self, scalars: dict):
-        """Scalars at the current env step, and charts/SPS."""
-        if self.interrupted:
-            raise KeyboardInterrupt
+        scalars["charts/SPS"] = self.step / (time.time() - self.start)
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, float(value), self.step)
-        self.writer.add_scalar("charts/SPS", self.step / (time.time() - self.start), self.step)
 
     def log_episodes(self, info: dict):
-        """charts/episodic_return and _length of the episodes that ended in this step, from RecordEpisodeStatistics."""
-        if self.interrupted:
-            raise KeyboardInterrupt
+        """charts/episodic_return and _length of the episodes that ended this step."""
         if "episode" in info:
-            self.recent_return = float(info["episode"]["r"][info["_episode"]].mean())
-            self.writer.add_scalar("charts/episodic_return", self.recent_return, self.step)
-            self.writer.add_scalar("charts/episodic_length", info["episode"]["l"][info["_episode"]].mean(), self.step)
+            episode = {
+                k: v[info["_episode"]].mean() for k, v in info["episode"].items()
+            }
+            self.last_return = float(episode["r"])
+            self.writer.add_scalar("charts/episodic_return", episode["r"], self.step)
+            self.writer.add_scalar("charts/episodic_length", episode["l"], self.step)
 
-    def progress(self):
-        """One self-overwriting line on a terminal: steps, steps per second, recent return, ETA."""
+    def progress(self, end: bool = False):
+        """One self-overwriting line on a terminal: steps, SPS, recent return, ETA."""
         if self.args.progress and sys.stderr.isatty():
+            total = self.args.total_timesteps
             sps = self.step / max(time.time() - self.start, 1e-9)
-            eta = max(self.args.total_timesteps - self.step, 0) / max(sps, 1e-9)
-            print(f"\r{self.step:>10,}/{self.args.total_timesteps:,} steps {sps:7,.0f} SPS  return "
-                  f"{self.recent_return:8.2f}  ETA {eta:4.0f}s", end="", file=sys.stderr)  # fmt: skip
-            self.line_open = True
-
-    def end_line(self):
-        if self.line_open:
-            print(file=sys.stderr)
-            self.line_open = False
-
-    def save(self, interrupted: bool = False) -> str:
-        path = os.path.join(self.dir, f"{self.args.exp_name}.pt")
-        torch.save({"script": os.path.basename(__file__), "args": asdict(self.args), "model": self.model.state_dict(),
-                    "step": self.step, "interrupted": interrupted}, path)  # fmt: skip
-        return path
+            eta = max(total - self.step, 0) / max(sps, 1e-9)
+            line = f"\r{self.step:>10,}/{total:,} steps {sps:7,.0f} SPS"
+            line += f"  return {self.last_return:8.2f}  ETA {eta:4.0f}s\033[K"
+            print("\r\033[K" if end else line, end="", file=sys.stderr)
 
     def finish(self) -> dict:
-        """Check the weights, save them (--save-model), evaluate them (--eval-episodes), say where it all went."""
+        """Check the weights, then evaluate them (--eval-episodes)."""
+        if self.interrupted:
+            raise KeyboardInterrupt
         check_finite(**{f"parameter {n}": p for n, p in self.model.named_parameters()})
-        self.end_line()
-        args, seconds = self.args, time.time() - self.start
-        result = {"run_dir": self.dir, "steps": self.step, "sps": self.step / seconds, "eval_return": float("nan")}
-        result["model_path"] = self.save() if args.save_model else None
-        if args.eval_episodes > 0:
-            video_dir = os.path.join(self.dir, "videos") if args.capture_video else None
-            result["eval_return"] = evaluate(self.model.act, args.env_id, args.eval_episodes, args.seed + 10_000,
-                                             video_dir)  # fmt: skip
-            self.writer.add_scalar("eval/episodic_return", result["eval_return"], self.step)
-            print(f"eval/episodic_return {result['eval_return']:.2f} over {args.eval_episodes} deterministic episodes")
-        saved = f", model {result['model_path']}" if args.save_model else ""
-        skipped = "" if args.eval_episodes else " (evaluation skipped: --eval-episodes 0)"
-        print(f"{self.step:,} steps in {seconds:.0f} s{skipped}: run folder {self.dir}{saved}")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.progress(end=True)
+        ret = math.nan
+        if self.args.eval_episodes > 0:
+            ret = evaluate(self.model.act, self.args, os.path.join(self.dir, "videos"))
+            self.writer.add_scalar("eval/episodic_return", ret, self.step)
+        sps = self.step / (time.time() - self.start)
+        result = dict(run_dir=self.dir, steps=self.step, sps=sps, eval_return=ret)
+        result["model_path"] = self.model_path if self.args.save_model else None
         return result
 
 
-class RunningMeanStd(nn.Module):
-    """Running mean and variance of a stream of batches (Chan et al.'s parallel update); buffers, so they are
-    saved in the state dict and evaluation sees the inputs that training saw."""
-
-    def __init__(self, shape=()):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
-        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
-
-    def update(self, x: torch.Tensor):
-        b_mean, b_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        delta, total = b_mean - self.mean, self.count + n
-        self.var.copy_((self.var * self.count + b_var * n + delta**2 * self.count * n / total) / total)
-        self.mean.add_(delta * n / total)
-        self.count.fill_(total)
-
-    def forward(self, x: torch.Tensor, clip: float = 10.0) -> torch.Tensor:
-        return ((x - self.mean) / (self.var + 1e-8).sqrt()).clamp(-clip, clip).to(x.dtype)
-
-
-def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """1 − Var[R − V] / Var[R]: 1 for a perfect critic, 0 for one no better than a constant."""
-    var = target.var()
-    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
-
-
-def num_iterations(args: Args, batch: int) -> int:
-    """Whole rollouts of `batch` steps in --total-timesteps; says so when that leaves steps out."""
-    n = args.total_timesteps // batch
-    if n * batch < args.total_timesteps:
-        print(f"note: training {n * batch:,} of the {args.total_timesteps:,} steps (whole batches of {batch:,})",
-              file=sys.stderr)
-    return n
-
-
-def evaluate(act, env_id: str, episodes: int, seed: int, video_dir: Optional[str] = None) -> float:
-    """Mean return of `episodes` episodes (one per env) of the deterministic policy act(obs) -> action. It always
-    ends: a non-finite action raises Diverged, and an env without a time limit stops after 10,000 steps."""
-    envs = make_envs(env_id, episodes, video_dir)
-    obs, _ = envs.reset(seed=seed)
-    returns, ended = np.zeros(episodes), np.zeros(episodes, dtype=bool)
-    for _ in range(gym.spec(env_id).max_episode_steps or 10_000):
+def evaluate(act, args: Args, video_dir: str) -> float:
+    """Mean return of the deterministic act(obs) over --eval-episodes episodes."""
+    n = args.eval_episodes
+    envs = make_envs(args.env_id, n, video_dir if args.capture_video else None)
+    obs, _ = envs.reset(seed=args.seed + 10_000)
+    returns = np.zeros(n)
+    ended = np.zeros(n, dtype=bool)
+    # it always ends: an env without a time limit stops after 10,000 steps
+    for _ in range(gym.spec(args.env_id).max_episode_steps or 10_000):
         action = act(obs)
         if not np.isfinite(action).all():
-            envs.close()
-            raise Diverged("the policy's action is not finite in evaluation")
+            raise FloatingPointError("the policy's action is not finite in evaluation")
         obs, reward, terminated, truncated, _ = envs.step(action)
         returns += np.where(ended, 0.0, reward)  # each env's first episode only
         ended |= terminated | truncated
         if ended.all():
             break
     envs.close()
+    print(f"eval/episodic_return {returns.mean():.2f} over {n} episodes")
     return float(returns.mean())
 
 
-def evaluate_saved(args: Args, env_given: bool) -> float:
-    """Evaluate a file written by --save-model on its own env for --eval-episodes deterministic episodes."""
-    check_common(args)
-    check((args.eval_episodes >= 1, "--eval-model needs --eval-episodes >= 1"))
-    path, script = args.eval_model, os.path.basename(__file__)
-    try:
-        ckpt = torch.load(path, map_location="cpu")
-    except Exception as e:  # missing, empty and foreign files fail in many ways
-        fail(f"cannot load --eval-model {path}: {type(e).__name__} {str(e)[:200]!r}")
-    check((isinstance(ckpt, dict) and {"script", "args", "model"} <= set(ckpt), f"{path} is no {script} model file"))
-    check((ckpt["script"] == script, f"{path} was saved by {ckpt['script']}: evaluate it with that script"))
-    check((not env_given or args.env_id == ckpt["args"]["env_id"], f"{path} was trained on {ckpt['args']['env_id']}"))
-    saved = Args(**ckpt["args"])
-    model = make_agent(saved, *env_spaces(saved.env_id)).to(setup(args))
-    try:
+def evaluate_saved(args: Args):
+    """Evaluate a file written by --save-model on its own env (--eval-episodes)."""
+    check(args.eval_episodes >= 1, "--eval-model needs --eval-episodes >= 1")
+    path = args.eval_model
+    script = os.path.basename(__file__)
+    run = ["seed", "device", "threads", "eval_episodes", "capture_video"]
+    try:  # missing, empty and foreign files fail in many ways
+        with warnings.catch_warnings(action="ignore"):  # no warning before the line
+            ckpt = torch.load(path, map_location="cpu")
+        check(ckpt["script"] == script, f"{path} was saved by {ckpt['script']}")
+        # the saved settings, with this command line's run fields
+        saved = replace(Args(**ckpt["args"]), **{f: getattr(args, f) for f in run})
+        same_env = args.env_id in (Args.env_id, saved.env_id)
+        check(same_env, f"{path} was trained on {saved.env_id}: drop --env-id")
+        obs_space, act_space, device = prepare(saved)
+        model = make_agent(saved, obs_space, act_space).to(device)
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        fail(f"{path} does not fit {script}'s networks: {str(e).splitlines()[0]}")
-    if args.capture_video:
-        check_rendering(saved.env_id)
-    video_dir = new_folder(os.path.join(os.path.dirname(path), "videos")) if args.capture_video else None
-    eval_return = evaluate(model.act, saved.env_id, args.eval_episodes, args.seed + 10_000, video_dir)
-    print(f"eval/episodic_return {eval_return:.2f} over {args.eval_episodes} deterministic episodes of {saved.env_id}"
-          + (f"; videos in {video_dir}" if video_dir else ""))  # fmt: skip
-    return eval_return
+    except Exception as e:
+        check(False, f"cannot evaluate {path}: {type(e).__name__}: {str(e)[:200]}")
+    videos = os.path.join(os.path.dirname(path), "videos")
+    evaluate(model.act, saved, new_folder(videos) if args.capture_video else None)
 
 
-def flag_value(argv: list, flag: str) -> Optional[str]:
-    """The value of --flag on a command line (--flag v, --flag=v, or the snake_case spelling), else None."""
-    names = (flag, "--" + flag[2:].replace("-", "_"))
-    for i, a in enumerate(argv):
-        if a in names and i + 1 < len(argv):
-            return argv[i + 1]
-        if "=" in a and a.split("=", 1)[0] in names:
-            return a.split("=", 1)[1]
-
-
-def parse_args(argv: Optional[list] = None) -> Args:
-    """Args from the command line. A script whose best settings differ by action space declares BOX_DEFAULTS; for
-    an env with a Box action space they replace the Discrete defaults, and --help shows the values that will run."""
-    argv = sys.argv[1:] if argv is None else argv
-    default = Args(env_id=flag_value(argv, "--env-id") or Args.env_id)
+def parse_args(argv: list) -> Args:
+    """Args, with BOX_DEFAULTS for a Box action space; a tyro error in one line."""
+    pairs = dict(zip(argv, argv[1:])) | dict(a.split("=", 1) for a in argv if "=" in a)
+    default = Args(env_id=pairs.get("--env-id", Args.env_id))
     box = globals().get("BOX_DEFAULTS")
-    if box and not flag_value(argv, "--eval-model") and isinstance(env_spaces(default.env_id)[1], gym.spaces.Box):
+    if box and isinstance(env_spaces(default.env_id)[1], gym.spaces.Box):
         default = replace(default, **box)
-    return tyro.cli(Args, default=default, args=argv)
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(text):  # --help goes to stdout, errors here
+            return tyro.cli(Args, default=default, args=argv)
+    except SystemExit:  # tyro's box: a title, what is wrong, help, "For full helptext…"
+        lines = [line.strip(" │") for line in text.getvalue().splitlines()]
+        msg = " ".join(line for line in lines if line[:1] not in "╭╰─")
+        msg = msg.split(" For full helptext")[0].replace(" Argument helptext:", ";")
+        check(not lines, msg.replace(" Perhaps you meant:", "; did you mean"))
+        raise  # after --help
 
 
 def main():
-    args = parse_args()
+    args = parse_args(sys.argv[1:])
     try:
-        evaluate_saved(args, flag_value(sys.argv[1:], "--env-id") is not None) if args.eval_model else train(args)
+        if args.eval_model:
+            evaluate_saved(args)
+        else:
+            train(args)
     except KeyboardInterrupt:
         sys.exit(130)  # the Run has said where its output went
-    except Diverged as e:
+    except FloatingPointError as e:
         print(f"error: {os.path.basename(__file__)}: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -6,9 +6,13 @@ import sys
 from urllib.parse import urldefrag
 
 import pytest
+
 from conftest import ROOT
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright: pip install -r docs/requirements.txt")
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="needs playwright: pip install -r docs/requirements.txt",
+)
 CHROMIUM = shutil.which("chromium")
 
 # Each visible section's prose and code boxes, for the layout checks.
@@ -21,8 +25,12 @@ BOXES = """() => [...document.querySelectorAll('.sec')].map(s => [s.querySelecto
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
-    proc = subprocess.run([sys.executable, str(ROOT / "docs/build.py"), "--out", str(out)], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "docs/build.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -42,9 +50,16 @@ def page(browser):
     """One tab whose console errors, page errors and failed requests are collected in page.problems."""
     page = browser.new_page()
     page.problems = []
-    page.on("console", lambda msg: msg.type == "error" and page.problems.append(f"console: {msg.text}"))
+    page.on(
+        "console",
+        lambda msg: (
+            msg.type == "error" and page.problems.append(f"console: {msg.text}")
+        ),
+    )
     page.on("pageerror", lambda err: page.problems.append(f"page error: {err}"))
-    page.on("requestfailed", lambda req: page.problems.append(f"failed request: {req.url}"))
+    page.on(
+        "requestfailed", lambda req: page.problems.append(f"failed request: {req.url}")
+    )
     yield page
     page.close()
 
@@ -58,11 +73,17 @@ def script_pages(site):
 
 
 def test_docs_every_page_loads_cleanly(site, page):
-    assert (site / "index.html").exists() and (site / "ppo.html").exists() and (site / "tests/test_ppo.html").exists()
+    assert (
+        (site / "index.html").exists()
+        and (site / "ppo.html").exists()
+        and (site / "tests/test_ppo.html").exists()
+    )
     for path in pages_of(site):
         page.problems.clear()
         page.goto(path.as_uri())
-        assert page.locator("pre.code, table").count() > 0, f"{path.name} shows no code and no table"
+        assert page.locator("pre.code, table").count() > 0, (
+            f"{path.name} shows no code and no table"
+        )
         assert page.problems == [], f"{path.relative_to(site)}: {page.problems}"
 
 
@@ -73,8 +94,28 @@ def test_docs_prose_beside_code_when_wide(site, page):
         boxes = page.evaluate(BOXES)
         assert boxes, f"{path.name}: no section with both prose and code"
         for box in boxes:
-            assert box["prose"][1] <= box["code"][0], f"{path.name}: prose overlaps code {box}"
-            assert abs(box["prose"][2] - box["code"][2]) <= 2, f"{path.name}: prose and code start apart {box}"
+            assert box["prose"][1] <= box["code"][0], (
+                f"{path.name}: prose overlaps code {box}"
+            )
+            assert abs(box["prose"][2] - box["code"][2]) <= 2, (
+                f"{path.name}: prose and code start apart {box}"
+            )
+
+
+def test_docs_no_code_scrolls_sideways_at_1280(site, page):
+    """At 1280 px every code block (88-column lines) fits its column on every page."""
+    page.set_viewport_size({"width": 1280, "height": 900})
+    wide = "els => els.filter(e => e.scrollWidth > e.clientWidth).length"
+    for path in pages_of(site):
+        page.goto(path.as_uri())
+        page.evaluate(
+            "document.querySelectorAll('details').forEach(d => d.open = true)"
+        )
+        blocks = page.locator("pre").count()
+        scrolling = page.eval_on_selector_all("pre", wide)
+        assert scrolling == 0, (
+            f"{path.relative_to(site)}: {scrolling} of {blocks} scroll"
+        )
 
 
 def test_docs_prose_above_code_when_narrow(site, page):
@@ -82,12 +123,16 @@ def test_docs_prose_above_code_when_narrow(site, page):
     for path in script_pages(site):
         page.goto(path.as_uri())
         for box in page.evaluate(BOXES):
-            assert box["code"][2] >= box["prose"][3], f"{path.name}: code does not start below the prose {box}"
+            assert box["code"][2] >= box["prose"][3], (
+                f"{path.name}: code does not start below the prose {box}"
+            )
 
 
 def test_docs_concept_links_land_on_anchors(site, page):
     page.goto((site / "index.html").as_uri())
-    hrefs = page.eval_on_selector_all("#concepts a[href*='#']", "links => links.map(a => a.href)")
+    hrefs = page.eval_on_selector_all(
+        "#concepts a[href*='#']", "links => links.map(a => a.href)"
+    )
     assert len(hrefs) >= 10, "the concept table links to hardly any section"
     targets = {}
     for href in hrefs:
@@ -95,7 +140,9 @@ def test_docs_concept_links_land_on_anchors(site, page):
         targets.setdefault(url, []).append(anchor)
     for url, anchors in targets.items():
         page.goto(url)
-        missing = page.evaluate("ids => ids.filter(id => !document.getElementById(id))", anchors)
+        missing = page.evaluate(
+            "ids => ids.filter(id => !document.getElementById(id))", anchors
+        )
         assert missing == [], f"{url} has no element with id {missing}"
 
 
