@@ -220,7 +220,7 @@ def n_step_return(rewards, gamma: float) -> float:
 
 # The target network θ⁻ follows θ: a hard copy every C gradient steps (τ = 1), or Polyak
 # averaging (small τ).
-@torch.no_grad()
+@torch.no_grad()  # θ⁻ moves toward θ outside autograd: no gradient step
 def polyak_update(target: nn.Module, source: nn.Module, tau: float):
     """θ⁻ ← τ θ + (1 − τ) θ⁻ for every target parameter (the notes' ρ = 1 − τ)."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

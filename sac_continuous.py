@@ -185,6 +185,7 @@ def alpha_loss(log_alpha, logp, target_entropy: float):
     return -(log_alpha.exp() * (logp + target_entropy)).mean()
 
 
+@torch.no_grad()  # θ⁻ moves toward θ outside autograd: no gradient step
 def polyak_update(target: nn.Module, source: nn.Module, tau: float):
     """θ⁻ ← τ θ + (1 − τ) θ⁻ for every target parameter (the notes' ρ = 1 − τ)."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
@@ -480,9 +481,8 @@ def train(args: Args) -> dict:
                         actor, qf, actor_optimizer, batch, alpha, log_alpha
                     )
                     alpha = log_alpha.exp().detach()
-            # ---- θ⁻ ← τ θ + (1 − τ) θ⁻, outside autograd ----
-            with torch.no_grad():
-                polyak_update(qf_target, qf, args.tau)
+            # ---- θ⁻ ← τ θ + (1 − τ) θ⁻ ----
+            polyak_update(qf_target, qf, args.tau)
 
             # ---- log: read the tensors (a host sync on a GPU) only when due ----
             if log_due:

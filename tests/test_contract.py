@@ -111,11 +111,13 @@ def test_contract_runs_alone_in_an_empty_folder(script, tmp_path):
 
 
 def top_level_sources(script: str) -> dict[str, str]:
-    src = (ROOT / script).read_text()
+    """Name -> source of each top-level function and class, decorators included."""
+    lines = (ROOT / script).read_text().splitlines()
     sources = {}
-    for node in ast.parse(src).body:
+    for node in ast.parse("\n".join(lines)).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            sources[node.name] = ast.get_source_segment(src, node)
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            sources[node.name] = "\n".join(lines[first - 1 : node.end_lineno])
     return sources
 
 

@@ -1,30 +1,34 @@
-"""reinforce.py: the lecture's 3-armed bandit (one pull, and its five-pull trajectory) and the score-function
-gradient through the script's own functions, reward-to-go and both discountings against direct sums, baselines that
-lower the variance of the gradient estimate and keep its mean, episode handling on a scripted env, end-to-end runs,
-the CartPole threshold with fixed seeds."""
+"""reinforce.py: the lecture's 3-armed bandit (one pull, and its five-pull trajectory)
+and the score-function gradient through the script's own functions, reward-to-go and
+both discountings against direct sums, baselines that lower the variance of the
+gradient estimate and keep its mean, episode handling on a scripted env, end-to-end
+runs, the CartPole threshold with fixed seeds."""
 
 from types import SimpleNamespace
 
+import gymnasium as gym
 import pytest
 import torch
-from conftest import load, read_scalars, train_cli
+from test_a2c import CountingEnv, check_saved_run  # registers A2CTestCounting-v0
 from torch.func import functional_call, grad, vmap
-from test_a2c import CountingEnv, check_saved_run  # importing it registers A2CTestCounting-v0
+
+from conftest import load, read_scalars, train_cli
 
 reinforce = load("reinforce.py")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
-    """Tensors this small run fastest on one thread, as the scripts do (--threads 1); a second thread mostly
-    waits for a busy core."""
+    """Tensors this small run fastest on one thread, as the scripts do (--threads 1); a
+    second thread mostly waits for a busy core."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-THETA = torch.tensor([1.0, -1.0, 0.0])  # the lecture's softmax bandit: logits θ of its 3 arms
+# the lecture's softmax bandit: logits θ of its 3 arms
+THETA = torch.tensor([1.0, -1.0, 0.0])
 PROBS = THETA.softmax(-1)
 
 
@@ -34,61 +38,109 @@ def score(a: int):
 
 
 def bandit_gradient(pulls, gamma: float, episodes: int = 1):
-    """reinforce.py's estimate −∇ loss for the pulls [(arm, reward), ...] of the softmax bandit: one episode of
-    len(pulls) steps, or, with episodes = len(pulls), that many one-step episodes (T, N) = (1, len(pulls))."""
+    """reinforce.py's estimate −∇ loss for the pulls [(arm, reward), ...] of the softmax
+    bandit: one episode of len(pulls) steps, or, with episodes = len(pulls), that many
+    one-step episodes (T, N) = (1, len(pulls))."""
     theta = THETA.clone().requires_grad_()
-    actions, rewards = torch.tensor([a for a, _ in pulls]), torch.tensor([float(r) for _, r in pulls])
+    actions = torch.tensor([a for a, _ in pulls])
+    rewards = torch.tensor([float(r) for _, r in pulls])
     shape = (len(pulls) // episodes, episodes)  # (T, N)
     logp = reinforce.categorical_logp(theta.expand(*shape, 3), actions.view(shape))
     returns = reinforce.reward_to_go(rewards.view(shape), gamma)
     alive = torch.ones(shape, dtype=torch.bool)
-    weights = reinforce.pg_weights(returns, 0.0, alive, gamma, weight_by_gamma_t=False, normalize=False)
+    weights = reinforce.pg_weights(
+        returns, 0.0, alive, gamma, weight_by_gamma_t=False, normalize=False
+    )
     reinforce.policy_gradient_loss(logp, weights).backward()
     return -theta.grad  # the loss is −J, so its gradient is −∇J
 
 
 def test_reinforce_lecture_bandit_gradient():
-    # θ = (1, −1, 0) → π = (0.66, 0.09, 0.25); one pull of arm 1 (index 0) with reward 3: one episode, one step
-    torch.testing.assert_close(PROBS, torch.tensor([0.66, 0.09, 0.25]), atol=0.01, rtol=0)
+    # θ = (1, −1, 0) → π = (0.66, 0.09, 0.25); one pull of arm 1 (index 0) with reward
+    # 3: one episode, one step
+    expected_probs = torch.tensor([0.66, 0.09, 0.25])
+    torch.testing.assert_close(PROBS, expected_probs, atol=0.01, rtol=0)
     # ∇J = G ∇ log π(a_1) = 3 (1 − π_1, −π_2, −π_3)
     torch.testing.assert_close(bandit_gradient([(0, 3)], gamma=0.99), 3 * score(0))
-    torch.testing.assert_close(bandit_gradient([(0, 3)], 0.99), 3 * torch.tensor([0.34, -0.09, -0.25]), atol=0.02,
-                               rtol=0)  # fmt: skip
+    by_lecture = 3 * torch.tensor([0.34, -0.09, -0.25])
+    gradient = bandit_gradient([(0, 3)], 0.99)
+    torch.testing.assert_close(gradient, by_lecture, atol=0.02, rtol=0)
 
 
-# The lecture's five pulls of the same bandit. Its result, Σ_t r_t ∇ log π(a_t) = (1.013, −1.810, 0.797), fixes each
-# arm's total reward: arm 1 (index 0) 7, arm 2 −1, arm 3 3 (the only totals on a grid of 0.25 in −15..15 that give
-# them; a search over all 3^5 arm sequences with rewards in −3..3 finds arm 1 pulled three times, 1+3+3 or 2+2+3,
-# and arms 2 and 3 once each). The order and that split are not recoverable from its numbers and, with γ = 0, do not
-# change them: this is one such trajectory.
+# The lecture's five pulls of the same bandit. Its result, Σ_t r_t ∇ log π(a_t) =
+# (1.013, −1.810, 0.797), fixes each arm's total reward: arm 1 (index 0) 7, arm 2 −1,
+# arm 3 3 (the only totals on a grid of 0.25 in −15..15 that give them; a search over
+# all 3^5 arm sequences with rewards in −3..3 finds arm 1 pulled three times, 1+3+3 or
+# 2+2+3, and arms 2 and 3 once each). The order and that split are not recoverable from
+# its numbers and, with γ = 0, do not change them: this is one such trajectory.
 FIVE_PULLS = [(0, 3), (1, -1), (0, 2), (2, 3), (0, 2)]
 
 
 def test_reinforce_lecture_five_pulls_gradient():
-    # The lecture treats the pulls as independent one-step episodes: γ = 0, so G_t = r_t and the estimate is
-    # Σ_t r_t ∇ log π(a_t), recomputed here with the analytic score e_a − π
+    # The lecture treats the pulls as independent one-step episodes: γ = 0, so G_t = r_t
+    # and the estimate is Σ_t r_t ∇ log π(a_t), recomputed here with the analytic score
+    # e_a − π
     by_hand = sum(r * score(a) for a, r in FIVE_PULLS)
     assert (by_hand * 1000).round().tolist() == [1013, -1810, 797]
     torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.0), by_hand)
-    torch.testing.assert_close(bandit_gradient(FIVE_PULLS[::-1], gamma=0.0), by_hand)  # any order
-    # as five separate one-step episodes (where γ plays no part) the script averages over them: the sum / N, N = 5
-    torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.9, episodes=5), by_hand / 5)
-    # γ > 0 on one five-step episode: the reward-to-go G_t = Σ_{t'≥t} γ^{t'−t} r_{t'} mixes the later pulls'
-    # rewards into each term, so the estimate changes, and depends on the order of the pulls
+    # any order
+    torch.testing.assert_close(bandit_gradient(FIVE_PULLS[::-1], gamma=0.0), by_hand)
+    # as five separate one-step episodes (where γ plays no part) the script averages
+    # over them: the sum / N, N = 5
+    as_episodes = bandit_gradient(FIVE_PULLS, gamma=0.9, episodes=5)
+    torch.testing.assert_close(as_episodes, by_hand / 5)
+    # γ > 0 on one five-step episode: the reward-to-go G_t = Σ_{t'≥t} γ^{t'−t} r_{t'}
+    # mixes the later pulls' rewards into each term, so the estimate changes, and
+    # depends on the order of the pulls
     rewards = [r for _, r in FIVE_PULLS]
-    mixed = sum(discounted_sum(rewards, 0.9, t, t) * score(a) for t, (a, _) in enumerate(FIVE_PULLS))
+    mixed = sum(
+        discounted_sum(rewards, 0.9, t, t) * score(a)
+        for t, (a, _) in enumerate(FIVE_PULLS)
+    )
     torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.9), mixed)
-    assert (mixed - by_hand).abs().max() > 1 and (bandit_gradient(FIVE_PULLS[::-1], 0.9) - mixed).abs().max() > 1
+    assert (mixed - by_hand).abs().max() > 1
+    assert (bandit_gradient(FIVE_PULLS[::-1], 0.9) - mixed).abs().max() > 1
 
 
 def test_reinforce_pseudo_loss_gradient_is_score_function_gradient():
-    # −∇ loss = (1/N) Σ_i Σ_t ∇ log π(a_t|s_t) Ψ_t, with ∇_z log softmax(z)_a = onehot(a) − softmax(z)
+    # −∇ loss = (1/N) Σ_i Σ_t ∇ log π(a_t|s_t) Ψ_t, with
+    # ∇_z log softmax(z)_a = onehot(a) − softmax(z)
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 4, 3, generator=g, requires_grad=True)  # (T, N, |A|)
-    actions, weights = torch.randint(0, 3, (6, 4), generator=g), torch.randn(6, 4, generator=g)
-    reinforce.policy_gradient_loss(reinforce.categorical_logp(logits, actions), weights).backward()
+    # (T, N, |A|)
+    logits = torch.randn(6, 4, 3, generator=g, requires_grad=True)
+    actions = torch.randint(0, 3, (6, 4), generator=g)
+    weights = torch.randn(6, 4, generator=g)
+    logp = reinforce.categorical_logp(logits, actions)
+    reinforce.policy_gradient_loss(logp, weights).backward()
     score = torch.nn.functional.one_hot(actions, 3) - logits.detach().softmax(-1)
     torch.testing.assert_close(-logits.grad, score * weights.unsqueeze(-1) / 4)
+
+
+def test_reinforce_logp_entropy_match_torch_distributions():
+    # the policy's log π(a|s) and H[π(·|s)] against torch.distributions, both kinds
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, 3, generator=g)
+    actions = torch.randint(0, 3, (6, 4), generator=g)
+    dist = torch.distributions.Categorical(logits=logits)
+    logp = reinforce.categorical_logp(logits, actions)
+    torch.testing.assert_close(logp, dist.log_prob(actions))
+    torch.testing.assert_close(reinforce.categorical_entropy(logits), dist.entropy())
+    mean = torch.randn(6, 4, 2, generator=g)
+    log_std = torch.randn(2, generator=g)
+    actions = torch.randn(6, 4, 2, generator=g)
+    dist = torch.distributions.Normal(mean, log_std.exp())
+    logp = reinforce.gaussian_logp(mean, log_std, actions)
+    torch.testing.assert_close(logp, dist.log_prob(actions).sum(-1))
+    entropy = dist.entropy().sum(-1)
+    torch.testing.assert_close(reinforce.gaussian_entropy(log_std), entropy[0, 0])
+    # through the Agent: logp_entropy returns one (logp, entropy) pair per step
+    obs_space = CountingEnv.observation_space
+    for act_space in (gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))):
+        agent = reinforce.Agent(obs_space, act_space, 8, with_value=False)
+        obs = torch.randn(5, 3, 2, generator=g)
+        actions = agent.sample(obs)
+        logp, entropy = agent.logp_entropy(obs, actions)
+        assert logp.shape == entropy.shape == (5, 3)
 
 
 def padded_episodes(seed=1, T=7, N=4):
@@ -108,20 +160,27 @@ def discounted_sum(rewards, gamma, t, start):
 def test_reinforce_reward_to_go_and_discounting_options_match_double_sum(option_2):
     rewards, alive = padded_episodes()
     gamma = 0.9
-    weights = reinforce.pg_weights(reinforce.reward_to_go(rewards, gamma), 0.0, alive, gamma, option_2, False)
-    # option 1: G_t = Σ_{t'≥t} γ^{t'−t} r_{t'};  option 2: γ^t G_t = Σ_{t'≥t} γ^{t'} r_{t'}, discounted from s_0
-    expected = torch.tensor([[discounted_sum(rewards[:, i], gamma, t, 0 if option_2 else t) for i in range(4)]
-                             for t in range(7)]) * alive  # fmt: skip
-    torch.testing.assert_close(weights, expected)
+    returns = reinforce.reward_to_go(rewards, gamma)
+    weights = reinforce.pg_weights(returns, 0.0, alive, gamma, option_2, False)
+    # option 1: G_t = Σ_{t'≥t} γ^{t'−t} r_{t'};
+    # option 2: γ^t G_t = Σ_{t'≥t} γ^{t'} r_{t'}, discounted from s_0
+    expected = torch.zeros(7, 4)
+    for t in range(7):
+        start = 0 if option_2 else t
+        for i in range(4):
+            expected[t, i] = discounted_sum(rewards[:, i], gamma, t, start)
+    torch.testing.assert_close(weights, expected * alive)
 
 
 def test_reinforce_truncated_episode_bootstraps_from_value():
     rewards, alive = padded_episodes()
     bootstrap = torch.zeros_like(rewards)
-    bootstrap[2, 1] = 10.0  # episode 1 (3 steps) was cut by a time limit with V(s_3) = 10
+    # episode 1 (3 steps) was cut by a time limit with V(s_3) = 10
+    bootstrap[2, 1] = 10.0
     returns = reinforce.reward_to_go(rewards, 0.9, bootstrap)
     plain = reinforce.reward_to_go(rewards, 0.9)
-    torch.testing.assert_close(returns[:3, 1], plain[:3, 1] + 10.0 * 0.9 ** torch.tensor([3.0, 2.0, 1.0]))
+    discounts = 0.9 ** torch.tensor([3.0, 2.0, 1.0])
+    torch.testing.assert_close(returns[:3, 1], plain[:3, 1] + 10.0 * discounts)
     torch.testing.assert_close(returns[:, [0, 2, 3]], plain[:, [0, 2, 3]])
 
 
@@ -130,12 +189,14 @@ def test_reinforce_normalized_weights_are_scaled_not_centred():
     returns = reinforce.reward_to_go(rewards, 0.9)
     weights = reinforce.pg_weights(returns, 0.0, alive, 0.9, False, normalize=True)
     torch.testing.assert_close(weights[alive].std(), torch.tensor(1.0))
-    # divided by the std only: centring as well would hide a mean baseline inside --baseline none
+    # divided by the std only: centring as well would hide a mean baseline inside
+    # --baseline none
     torch.testing.assert_close(weights, returns * alive / returns[alive].std())
 
 
 def collect(agent, env_id, n, seed, run=None):
-    """One batch of n episodes, with a stand-in for the Run that counts steps and keeps what would be logged."""
+    """One batch of n episodes, with a stand-in for the Run that counts steps and keeps
+    what would be logged."""
     envs = reinforce.make_envs(env_id, n)
     envs.reset(seed=seed)
     torch.manual_seed(seed)
@@ -146,24 +207,40 @@ def collect(agent, env_id, n, seed, run=None):
 
 
 def test_reinforce_run_episodes_one_complete_episode_per_env():
-    agent = reinforce.Agent(CountingEnv.observation_space, CountingEnv.action_space, 8, with_value=False)
+    spaces = (CountingEnv.observation_space, CountingEnv.action_space)
+    agent = reinforce.Agent(*spaces, 8, with_value=False)
     logged = []  # the returns of the episodes that would be logged
-    run = SimpleNamespace(step=0, log_episodes=lambda info: logged.extend(info["episode"]["r"][info["_episode"]]))
-    obs, actions, rewards, alive, final_obs, cut = collect(agent, "A2CTestCounting-v0", 6, seed=0, run=run)
+
+    def log_episodes(info):
+        logged.extend(info["episode"]["r"][info["_episode"]])
+
+    run = SimpleNamespace(step=0, log_episodes=log_episodes)
+    batch = collect(agent, "A2CTestCounting-v0", 6, seed=0, run=run)
+    obs, actions, rewards, alive, final_obs, cut = batch
     lengths = alive.sum(0)
-    # only the batch's own episodes are counted and logged, not those the finished envs go on to run
-    assert run.step == lengths.sum() and sorted(logged) == sorted(rewards.sum(0).tolist())
-    assert (lengths >= 2).all() and (lengths <= 4).all() and cut.any() and not cut.all()
-    assert not (alive[1:] & ~alive[:-1]).any()  # alive is 1 up to each episode's end, then 0
-    torch.testing.assert_close(rewards, alive.float())  # r = 1 on the episode's steps, 0 after
-    torch.testing.assert_close(obs[..., 0][alive], torch.arange(len(obs)).unsqueeze(1).expand_as(alive)[alive].float())
-    assert (obs[..., 1][alive] == obs[0, :, 1].expand_as(alive)[alive]).all()  # one episode per column
-    torch.testing.assert_close(final_obs[:, 0], lengths.float())  # the true last observation s_T
-    assert (lengths[cut] == 4).all()  # truncated by the TimeLimit, never by a termination
+    # only the batch's own episodes are counted and logged, not those the finished envs
+    # go on to run
+    assert run.step == lengths.sum()
+    assert sorted(logged) == sorted(rewards.sum(0).tolist())
+    assert (lengths >= 2).all() and (lengths <= 4).all()
+    assert cut.any() and not cut.all()
+    # alive is 1 up to each episode's end, then 0
+    assert not (alive[1:] & ~alive[:-1]).any()
+    # r = 1 on the episode's steps, 0 after
+    torch.testing.assert_close(rewards, alive.float())
+    steps = torch.arange(len(obs)).unsqueeze(1).expand_as(alive)
+    torch.testing.assert_close(obs[..., 0][alive], steps[alive].float())
+    # one episode per column
+    assert (obs[..., 1][alive] == obs[0, :, 1].expand_as(alive)[alive]).all()
+    # the true last observation s_T
+    torch.testing.assert_close(final_obs[:, 0], lengths.float())
+    # truncated by the TimeLimit, never by a termination
+    assert (lengths[cut] == 4).all()
 
 
 def per_episode_gradients(agent, obs, actions, weights):
-    """The estimate −∇ loss of each episode alone, over the policy's parameters: (N, n_params), one vmapped pass."""
+    """The estimate −∇ loss of each episode alone, over the policy's parameters:
+    (N, n_params), one vmapped pass."""
     params = {name: p.detach() for name, p in agent.actor.named_parameters()}
 
     def loss(p, o, a, w):  # one episode: o (T, obs_dim), a (T,), w (T,)
@@ -176,12 +253,15 @@ def per_episode_gradients(agent, obs, actions, weights):
 
 @pytest.fixture(scope="module")
 def baseline_gradients():
-    """Per-episode gradient estimates of one fixed CartPole batch (300 episodes of a fixed random policy, seed 0),
-    with each baseline: {kind: (N, n_params)}. V_w is fitted first, on another batch, with the script's value_loss."""
+    """Per-episode gradient estimates of one fixed CartPole batch (300 episodes of a
+    fixed random policy, seed 0), with each baseline: {kind: (N, n_params)}. V_w is
+    fitted first, on another batch, with the script's value_loss."""
     seed = 0
     torch.manual_seed(seed)
-    agent = reinforce.Agent(*reinforce.env_spaces("CartPole-v1"), 32, with_value=True)
-    # fit V_w to the reward-to-go of a first batch of the fixed policy, with the script's own loss
+    spaces = reinforce.env_spaces("CartPole-v1")
+    agent = reinforce.Agent(*spaces, 32, with_value=True)
+    # fit V_w to the reward-to-go of a first batch of the fixed policy, with the
+    # script's own loss
     obs, _, rewards, alive, _, _ = collect(agent, "CartPole-v1", 50, seed=seed + 1)
     returns = reinforce.reward_to_go(rewards, 0.99)
     optimizer = torch.optim.Adam(agent.critic.parameters(), lr=1e-2)
@@ -190,64 +270,81 @@ def baseline_gradients():
         reinforce.value_loss(agent.value(obs), returns, alive).backward()
         optimizer.step()
     # a second, independent batch: per-episode gradient estimates with each baseline
-    obs, actions, rewards, alive, _, _ = collect(agent, "CartPole-v1", 300, seed=seed + 2)
+    batch = collect(agent, "CartPole-v1", 300, seed=seed + 2)
+    obs, actions, rewards, alive, _, _ = batch
     returns = reinforce.reward_to_go(rewards, 0.99)
     with torch.no_grad():
         values = agent.value(obs)
     grads = {}
     for kind in ("none", "mean", "value"):
         b = reinforce.baseline_values(kind, returns, values, alive)
-        weights = reinforce.pg_weights(returns, b, alive, 0.99, weight_by_gamma_t=False, normalize=False)
+        weights = reinforce.pg_weights(
+            returns, b, alive, 0.99, weight_by_gamma_t=False, normalize=False
+        )
         grads[kind] = per_episode_gradients(agent, obs, actions, weights)
     return grads
 
 
 def variance(grads):
-    return grads.var(0).sum()  # the trace of the covariance of the per-episode estimates
+    # the trace of the covariance of the per-episode estimates
+    return grads.var(0).sum()
 
 
 def test_reinforce_baselines_lower_variance_and_keep_the_mean(baseline_gradients):
-    # calibrated on seeds 0-5: Var(mean)/Var(none) 0.47-0.55, Var(value)/Var(none) 0.32-0.54, mean differences
-    # at most 0.52 of the 3-standard-error bound
+    # calibrated on seeds 0-5: Var(mean)/Var(none) 0.47-0.55, Var(value)/Var(none)
+    # 0.32-0.54, mean differences at most 0.52 of the 3-standard-error bound
     grads = baseline_gradients
     assert variance(grads["mean"]) < 0.7 * variance(grads["none"])
     assert variance(grads["value"]) < 0.7 * variance(grads["none"])
     for kind in ("mean", "value"):
-        # the means differ by the batch average of −Σ_t ∇ log π(a_t|s_t) b(s_t), which has expectation 0: the
-        # difference must be within 3 standard errors of 0
+        # the means differ by the batch average of −Σ_t ∇ log π(a_t|s_t) b(s_t), which
+        # has expectation 0: the difference must be within 3 standard errors of 0
         diff = grads[kind] - grads["none"]
-        assert diff.mean(0).norm() < 3 * (diff.var(0).sum() / len(diff)).sqrt(), kind
+        standard_error = (diff.var(0).sum() / len(diff)).sqrt()
+        assert diff.mean(0).norm() < 3 * standard_error, kind
 
 
 def test_reinforce_lecture_learned_baseline_variance_ratio(baseline_gradients):
-    # The lecture's exercise: the variance of the gradient estimate with and without a learned baseline V(s), on
-    # one fixed batch. Measured: 0.3245 (reinforce.py's docstring quotes 0.32); over seeds 0-5 it is 0.32-0.54.
-    ratio = variance(baseline_gradients["value"]) / variance(baseline_gradients["none"])
+    # The lecture's exercise: the variance of the gradient estimate with and without a
+    # learned baseline V(s), on one fixed batch. Measured: 0.3245 (reinforce.py's
+    # docstring quotes 0.32); over seeds 0-5 it is 0.32-0.54.
+    none = variance(baseline_gradients["none"])
+    ratio = variance(baseline_gradients["value"]) / none
     assert abs(ratio - 0.32) < 0.02, ratio
 
 
 def test_reinforce_truncation_bootstraps_only_where_cut(monkeypatch, tmp_path):
-    module, seen = load("reinforce.py"), {}
-    run_episodes, reward_to_go = module.run_episodes, module.reward_to_go
+    module = load("reinforce.py")
+    seen = {}
+    run_episodes = module.run_episodes
+    reward_to_go = module.reward_to_go
 
     def spy_run(envs, agent, run):
-        seen["agent"], seen["batch"] = agent, run_episodes(envs, agent, run)
+        seen["agent"] = agent
+        seen["batch"] = run_episodes(envs, agent, run)
         return seen["batch"]
 
     def spy_rtg(rewards, gamma, bootstrap=None):
-        with torch.no_grad():  # V_w(s_T) of every episode, with the θ of this batch (before the update)
-            seen.update(bootstrap=bootstrap, v_final=seen["agent"].value(seen["batch"].final_obs))
+        # V_w(s_T) of every episode, with the θ of this batch (before the update)
+        with torch.no_grad():
+            v_final = seen["agent"].value(seen["batch"].final_obs)
+        seen.update(bootstrap=bootstrap, v_final=v_final)
         return reward_to_go(rewards, gamma, bootstrap)
 
     monkeypatch.setattr(module, "run_episodes", spy_run)
     monkeypatch.setattr(module, "reward_to_go", spy_rtg)
-    train_cli(module, ["--env-id", "A2CTestCounting-v0", "--num-envs", "8", "--total-timesteps", "1",
-                       "--eval-episodes", "0", "--log-dir", str(tmp_path), "--device", "cpu"])  # fmt: skip
-    alive, cut = seen["batch"].alive, seen["batch"].cut
+    argv = ["--env-id", "A2CTestCounting-v0", "--num-envs", "8"]
+    argv += ["--total-timesteps", "1", "--eval-episodes", "0"]
+    argv += ["--log-dir", str(tmp_path), "--device", "cpu"]
+    train_cli(module, argv)
+    alive = seen["batch"].alive
+    cut = seen["batch"].cut
     assert cut.any() and not cut.all()
     expected = torch.zeros_like(seen["bootstrap"])
-    expected[alive.sum(0)[cut] - 1, cut.nonzero().squeeze(1)] = seen["v_final"][cut]
-    # V_w(s_T) at the last step of each episode cut by the time limit, 0 everywhere else
+    last = alive.sum(0)[cut] - 1
+    expected[last, cut.nonzero().squeeze(1)] = seen["v_final"][cut]
+    # V_w(s_T) at the last step of each episode cut by the time limit, 0 everywhere
+    # else
     torch.testing.assert_close(seen["bootstrap"], expected)
 
 
@@ -259,22 +356,26 @@ SMOKE = {
 
 @pytest.mark.parametrize("env_id", SMOKE)
 def test_reinforce_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
-    argv = ["--env-id", env_id, "--total-timesteps", "500", "--eval-episodes", "2", "--save-model",
-            "--log-dir", str(tmp_path), "--device", "cpu"] + SMOKE[env_id]  # fmt: skip
-    result = train_cli("reinforce.py", argv)
+    argv = ["--env-id", env_id, "--total-timesteps", "500", "--eval-episodes", "2"]
+    argv += ["--save-model", "--log-dir", str(tmp_path), "--device", "cpu"]
+    result = train_cli("reinforce.py", argv + SMOKE[env_id])
     check_saved_run("reinforce.py", result, env_id, tmp_path)
     tags = read_scalars(result["run_dir"])
     assert "losses/policy_loss" in tags and "diagnostics/weights_rms" in tags
-    assert ("losses/value_loss" in tags) == (env_id == "InvertedPendulum-v5")  # only the learned baseline has one
+    assert "diagnostics/entropy" in tags
+    # only the learned baseline has one
+    assert ("losses/value_loss" in tags) == (env_id == "InvertedPendulum-v5")
 
 
-# Held-out seeds: the defaults were calibrated on seeds 1 and 2; benchmarks/results/seeds has every script at its
-# defaults on seeds 1-10 (`python benchmarks/run.py --suite seeds`).
+# Held-out seeds: the defaults were calibrated on seeds 1 and 2;
+# benchmarks/results/seeds has every script at its defaults on seeds 1-10
+# (`python benchmarks/run.py --suite seeds`).
 @pytest.mark.regression
 @pytest.mark.parametrize("seed", [3, 4])
 def test_reinforce_with_learned_baseline_solves_cartpole(seed, tmp_path):
     # the last batch of 16 episodes may overshoot the budget by up to 16 * 500 steps
-    argv = ["--seed", str(seed), "--total-timesteps", "290000", "--log-dir", str(tmp_path), "--device", "cpu"]
+    argv = ["--seed", str(seed), "--total-timesteps", "290000"]
+    argv += ["--log-dir", str(tmp_path), "--device", "cpu"]
     result = train_cli("reinforce.py", argv)
     assert result["steps"] <= 300_000
     assert result["eval_return"] >= 475
