@@ -643,7 +643,8 @@ def prepare(args: Args):
     check(args.eval_episodes >= 0, "--eval-episodes must be >= 0 (0 skips evaluation)")
     check(args.threads >= 0, "--threads must be >= 0 (0 keeps torch's default)")
     check(args.log_every >= 1, "--log-every must be >= 1")
-    check("/" not in args.exp_name and args.exp_name.strip("."), "--exp-name: no '/'")
+    plain = os.path.basename(args.exp_name) == args.exp_name.strip(".")[:99]
+    check(plain, "--exp-name: a name without '/', under 100 characters")
     accelerator = torch.accelerator.current_accelerator()  # cuda or mps, if any
     found = ["cpu"] if accelerator is None else ["cpu", accelerator.type]
     device = found[-1] if args.device == "auto" else args.device
