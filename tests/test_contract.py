@@ -37,7 +37,7 @@ ALGORITHM_SHARED += ["make_envs", "compute_gae", "final_observations", "ReplayBu
 ALGORITHM_SHARED += ["polyak_update", "scale_action", "k3_kl"]
 # grpo_bandit.py has no gym env: these blocks are its own (its banner says so); dqn.py's
 # ReplayBuffer also stores each transition's γ^m, for its n-step targets.
-GRPO_OWN = {"env_spaces", "prepare", "Run", "evaluate", "evaluate_saved", "parse_args"}
+GRPO_OWN = {"prepare", "evaluate", "evaluate_saved", "parse_args"}
 OWN = {("grpo_bandit.py", block) for block in GRPO_OWN} | {("dqn.py", "ReplayBuffer")}
 # The common Args fields every script has (grpo_bandit.py: no --capture-video); all but
 # threads, env_id, total_timesteps and num_envs (whose defaults depend on the algorithm)
