@@ -1,5 +1,6 @@
-"""What run.py, report.py and throughput.py share: the repository root, reading a run's TensorBoard scalars, and
-the header every results file carries (command, versions, machine)."""
+"""What run.py, report.py and throughput.py share: the repository root, reading a
+run's TensorBoard scalars, and the header every results file carries (command,
+versions, machine)."""
 
 import os
 import platform
@@ -10,20 +11,33 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["torch", "gymnasium", "mujoco", "numpy", "stable_baselines3", "sb3_contrib", "ray"]
+PACKAGES = [
+    "torch",
+    "gymnasium",
+    "mujoco",
+    "numpy",
+    "stable_baselines3",
+    "sb3_contrib",
+    "ray",
+]
 
 
 def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar a TensorBoard run logged, as {tag: [(step, value), ...]} in logging order."""
+    """Every scalar a TensorBoard run logged, as {tag: [(step, value), ...]} in
+    logging order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    scalars = {}
+    for tag in acc.Tags()["scalars"]:
+        scalars[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return scalars
 
 
-def env_threshold(env_id: str, overrides: dict[str, float] | None = None) -> float | None:
-    """The return that counts as solving env_id: an override, else the env's registered reward_threshold."""
+def env_threshold(env_id: str, overrides: dict | None = None) -> float | None:
+    """The return that counts as solving env_id: an override, else the env's
+    registered reward_threshold."""
     if overrides and env_id in overrides:
         return overrides[env_id]
     import gymnasium as gym
@@ -37,9 +51,12 @@ def env_threshold(env_id: str, overrides: dict[str, float] | None = None) -> flo
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def versions() -> str:
@@ -52,26 +69,47 @@ def versions() -> str:
     return ", ".join([f"python {platform.python_version()}"] + found)
 
 
+def git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout
+
+
 def code_state() -> str:
     """The commit measured, and which tracked Python files differed from it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        changed = git("diff", "--name-only", "HEAD").split()
     except OSError:
         return "unknown (no git)"
-    files = [f for f in changed.stdout.split() if f.endswith(".py")]
-    return f"commit {commit.stdout.strip()}" + (f" with uncommitted changes to {', '.join(files)}" if files else "")
+    files = [f for f in changed if f.endswith(".py")]
+    if not files:
+        return f"commit {commit}"
+    return f"commit {commit} with uncommitted changes to {', '.join(files)}"
 
 
-def header(title: str, seeds: str, argv: list[str] | None = None, code: str | None = None) -> str:
-    """The top of every results file: what was run, with which software, on which machine, with how many seeds.
-    code: code_state() taken when the measurement started (default: now)."""
-    argv = sys.argv if argv is None else argv
-    command = "python " + shlex.join([os.path.relpath(argv[0], ROOT) if argv[0].endswith(".py") else argv[0]]
-                                     + list(argv[1:]))  # fmt: skip
-    return (f"# {title}\n\n"
-            f"- Command: `{command}`\n"
-            f"- Code: {code or code_state()}\n"
-            f"- Versions: {versions()}\n"
-            f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}\n"
-            f"- Seeds: {seeds}\n")  # fmt: skip
+def command_line(argv: list[str]) -> str:
+    """argv as a shell command run from the repository root."""
+    script = argv[0]
+    if script.endswith(".py"):
+        script = os.path.relpath(script, ROOT)
+    return "python " + shlex.join([script, *argv[1:]])
+
+
+def header(
+    title: str, seeds: str, argv: list[str] | None = None, code: str | None = None
+) -> str:
+    """The top of every results file: what was run, with which software, on which
+    machine, with how many seeds. code: code_state() taken when the measurement
+    started (default: now)."""
+    if argv is None:
+        argv = sys.argv
+    system = f"{platform.system()} {platform.release()}"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, {system}"
+    return (
+        f"# {title}\n\n"
+        f"- Command: `{command_line(argv)}`\n"
+        f"- Code: {code or code_state()}\n"
+        f"- Versions: {versions()}\n"
+        f"- Machine: {machine}\n"
+        f"- Seeds: {seeds}\n"
+    )

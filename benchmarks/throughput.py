@@ -1,19 +1,27 @@
-"""Steps per second of each script against Stable-Baselines3 / sb3-contrib on identical settings, and against the
-env-only random-action rate (the physical limit of the loop), measured interleaved in one session.
+"""Steps per second of each script against Stable-Baselines3 / sb3-contrib on
+identical settings, and against the env-only random-action rate (the physical limit
+of the loop), measured interleaved in one session.
 
-  python benchmarks/throughput.py --scripts ppo.py --repeats 3 --out benchmarks/results/ppo_vs_sb3.md
-  python benchmarks/throughput.py --repeats 3                 # every script present, at its PLAN settings
+  python benchmarks/throughput.py --scripts ppo.py --repeats 3 \\
+      --out benchmarks/results/ppo_vs_sb3.md
+  # every script present, at its PLAN settings:
+  python benchmarks/throughput.py --repeats 3
 
-For each script, the settings are the script's own defaults (its BOX_DEFAULTS for a Box env) plus the PLAN flags
-below; the SB3 counterpart gets the same values mapped onto its arguments (same networks, batch
-sizes, epochs, learning rates, torch threads). Each round runs, for every script, the unmodified script's train(),
-SB3, and random actions through the same vector env, each in a fresh process, in an order that rotates from round
-to round. Ratios are taken within a round and the median over rounds is reported. Every figure comes by the wall
-clock and by CPU time: on a shared machine the wall clock also measures the other tenants, CPU time barely. For the
-off-policy scripts a second table times the learning phase alone, from the first minibatch to the end.
+For each script, the settings are the script's own defaults (its BOX_DEFAULTS for a
+Box env) plus the PLAN flags below; the SB3 counterpart gets the same values mapped
+onto its arguments (same networks, batch sizes, epochs, learning rates, torch
+threads). Each round runs, for every script, the unmodified script's train(), SB3,
+and random actions through the same vector env, each in a fresh process, in an order
+that rotates from round to round. Ratios are taken within a round and the median over
+rounds is reported. Every figure comes by the wall clock and by CPU time: on a shared
+machine the wall clock also measures the other tenants, CPU time barely. For the
+off-policy scripts a second table times the learning phase alone, from the first
+minibatch to the end.
 """
 
+import contextlib
 import importlib.util
+import io
 import multiprocessing as mp
 import os
 import resource
@@ -31,7 +39,8 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, code_state, env_threshold, header  # noqa: E402
 
-# Script -> (env id, extra flags) measured by default. Off-policy runs: 5k random steps, then 10k learning steps.
+# Script -> (env id, extra flags) measured by default. Off-policy runs: 5k random
+# steps, then 10k learning steps.
 PLAN = {
     "ppo.py": ("CartPole-v1", ()),
     "a2c.py": ("CartPole-v1", ()),
@@ -39,109 +48,190 @@ PLAN = {
     "trpo.py": ("CartPole-v1", ()),
     "reinforce.py": ("CartPole-v1", ()),
     "sac_continuous.py": ("Hopper-v5", ("--total-timesteps", "15000")),
-    "ddpg.py": ("Hopper-v5", ("--total-timesteps", "15000", "--learning-starts", "5000")),
+    "ddpg.py": (
+        "Hopper-v5",
+        ("--total-timesteps", "15000", "--learning-starts", "5000"),
+    ),
 }
 
 
 def net(a, activation: str) -> dict:
-    return {"net_arch": {"pi": [a.hidden] * 2, "vf": [a.hidden] * 2}, "activation_fn": activation}
+    arch = {"pi": [a.hidden] * 2, "vf": [a.hidden] * 2}
+    return {"net_arch": arch, "activation_fn": activation}
 
 
 def lr(a) -> tuple:
-    return ("linear" if getattr(a, "anneal_lr", False) else "constant", a.learning_rate)
+    schedule = "linear" if getattr(a, "anneal_lr", False) else "constant"
+    return (schedule, a.learning_rate)
 
 
 def sb3_ppo(a) -> dict:
     batch = a.num_envs * a.num_steps
-    kwargs = dict(n_steps=a.num_steps, batch_size=batch // a.num_minibatches, n_epochs=a.update_epochs,
-                  learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda, clip_range=a.clip_eps,
-                  clip_range_vf=a.clip_eps if a.clip_vloss else None, normalize_advantage=a.norm_adv,
-                  ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
-                  target_kl=None if a.target_kl == float("inf") else a.target_kl,  # ours: inf = no early stop
-                  policy_kwargs=net(a, "tanh") | {"log_std_init": 0.0})  # fmt: skip
+    # ours: --target-kl inf = no early stop; SB3: None
+    target_kl = None if a.target_kl == float("inf") else a.target_kl
+    kwargs = dict(
+        n_steps=a.num_steps,
+        batch_size=batch // a.num_minibatches,
+        n_epochs=a.update_epochs,
+        learning_rate=lr(a),
+        gamma=a.gamma,
+        gae_lambda=a.gae_lambda,
+        clip_range=a.clip_eps,
+        clip_range_vf=a.clip_eps if a.clip_vloss else None,
+        normalize_advantage=a.norm_adv,
+        ent_coef=a.ent_coef,
+        vf_coef=a.vf_coef,
+        max_grad_norm=a.max_grad_norm,
+        target_kl=target_kl,
+        policy_kwargs=net(a, "tanh") | {"log_std_init": 0.0},
+    )
     return dict(algo="PPO", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
 
 
 def sb3_a2c(a) -> dict:
-    kwargs = dict(n_steps=a.num_steps, learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda,
-                  ent_coef=a.ent_coef, vf_coef=a.vf_coef, max_grad_norm=a.max_grad_norm,
-                  use_rms_prop=a.optimizer == "rmsprop", rms_prop_eps=1e-5,
-                  normalize_advantage=getattr(a, "norm_adv", False),
-                  policy_kwargs=net(a, "tanh"))  # fmt: skip
+    kwargs = dict(
+        n_steps=a.num_steps,
+        learning_rate=lr(a),
+        gamma=a.gamma,
+        gae_lambda=a.gae_lambda,
+        ent_coef=a.ent_coef,
+        vf_coef=a.vf_coef,
+        max_grad_norm=a.max_grad_norm,
+        use_rms_prop=a.optimizer == "rmsprop",
+        rms_prop_eps=1e-5,
+        normalize_advantage=getattr(a, "norm_adv", False),
+        policy_kwargs=net(a, "tanh"),
+    )
     return dict(algo="A2C", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
 
 
 def sb3_trpo(a) -> dict:
     import gymnasium as gym
 
-    # sb3-contrib's KL of a diagonal Gaussian is the mean over the |A| action dimensions, ours (and the paper's,
-    # Spinning Up's) their sum: its KL, Fisher matrix and hence damping are ours / |A|, so the same step needs
-    # target_kl / |A| and cg_damping / |A| there (Box envs; with ours unscaled it steps ~√|A| farther)
+    # sb3-contrib's KL of a diagonal Gaussian is the mean over the |A| action
+    # dimensions, ours (and the paper's, Spinning Up's) their sum: its KL, Fisher
+    # matrix and hence damping are ours / |A|, so the same step needs its target_kl
+    # (the trust-region radius, our --max-kl δ) and cg_damping divided by |A| (Box
+    # envs; with ours unscaled it steps ~√|A| farther)
     env = gym.make(a.env_id)
-    k = env.action_space.shape[0] if isinstance(env.action_space, gym.spaces.Box) else 1
+    k = 1
+    if isinstance(env.action_space, gym.spaces.Box):
+        k = env.action_space.shape[0]
     env.close()
-    kwargs = dict(n_steps=a.num_steps, batch_size=a.num_envs * a.num_steps // a.vf_minibatches,
-                  learning_rate=lr(a), gamma=a.gamma, gae_lambda=a.gae_lambda, target_kl=a.target_kl / k,
-                  cg_max_steps=a.cg_iters, cg_damping=a.cg_damping / k, line_search_shrinking_factor=a.backtrack_coef,
-                  line_search_max_iter=a.backtrack_iters, n_critic_updates=a.vf_epochs,
-                  normalize_advantage=a.norm_adv, policy_kwargs=net(a, "tanh"))  # fmt: skip
+    kwargs = dict(
+        n_steps=a.num_steps,
+        batch_size=a.num_envs * a.num_steps // a.vf_minibatches,
+        learning_rate=lr(a),
+        gamma=a.gamma,
+        gae_lambda=a.gae_lambda,
+        target_kl=a.max_kl / k,
+        cg_max_steps=a.cg_iters,
+        cg_damping=a.cg_damping / k,
+        line_search_shrinking_factor=a.backtrack_coef,
+        line_search_max_iter=a.backtrack_iters,
+        n_critic_updates=a.vf_epochs,
+        normalize_advantage=a.norm_adv,
+        policy_kwargs=net(a, "tanh"),
+    )
     return dict(algo="TRPO", kwargs=kwargs, n_envs=a.num_envs, normalize=a.normalize)
 
 
 def sb3_dqn(a) -> dict:
-    # Ours counts the target period C in gradient steps, SB3 in env steps: C gradient steps take
-    # C · train_freq / gradient_steps env steps.
-    kwargs = dict(learning_rate=a.learning_rate, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
-                  batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=a.train_freq // a.num_envs,
-                  gradient_steps=a.gradient_steps, n_steps=a.n_step,
-                  target_update_interval=max(a.target_update_interval * a.train_freq // a.gradient_steps, 1),
-                  exploration_fraction=a.exploration_fraction, exploration_initial_eps=a.start_e,
-                  exploration_final_eps=a.end_e, max_grad_norm=a.max_grad_norm,
-                  policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"})  # fmt: skip
+    # Ours counts the target period C in gradient steps, SB3 in env steps: C gradient
+    # steps take C · train_freq / gradient_steps env steps.
+    target_period = a.target_update_interval * a.train_freq // a.gradient_steps
+    kwargs = dict(
+        learning_rate=a.learning_rate,
+        buffer_size=a.buffer_size,
+        learning_starts=a.learning_starts,
+        batch_size=a.batch_size,
+        tau=a.tau,
+        gamma=a.gamma,
+        train_freq=a.train_freq // a.num_envs,
+        gradient_steps=a.gradient_steps,
+        n_steps=a.n_step,
+        target_update_interval=max(target_period, 1),
+        exploration_fraction=a.exploration_fraction,
+        exploration_initial_eps=a.start_e,
+        exploration_final_eps=a.end_e,
+        max_grad_norm=a.max_grad_norm,
+        policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"},
+    )
     return dict(algo="DQN", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
 
 
 def sb3_sac(a) -> dict:
-    # SB3 has one learning rate for actor, critics and α; sb3_model gives its critics and α ours (q_lr, beside
-    # policy_lr for the actor). SB3 updates the actor every step where ours does `policy_frequency` updates every
-    # `policy_frequency` steps: the same number.
-    kwargs = dict(learning_rate=a.policy_lr, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
-                  batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=1, gradient_steps=1,
-                  ent_coef="auto" if a.autotune else a.alpha,
-                  policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"})  # fmt: skip
-    return dict(algo="SAC", kwargs=kwargs, n_envs=a.num_envs, normalize=False, q_lr=a.q_lr)
+    # SB3 has one learning rate for actor, critics and α; sb3_model gives its critics
+    # and α ours (q_lr, beside policy_lr for the actor). SB3 updates the actor every
+    # step where ours does `policy_frequency` updates every `policy_frequency` steps:
+    # the same number.
+    kwargs = dict(
+        learning_rate=a.policy_lr,
+        buffer_size=a.buffer_size,
+        learning_starts=a.learning_starts,
+        batch_size=a.batch_size,
+        tau=a.tau,
+        gamma=a.gamma,
+        train_freq=1,
+        gradient_steps=1,
+        ent_coef="auto" if a.autotune else a.alpha,
+        policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu"},
+    )
+    n_envs = a.num_envs
+    return dict(algo="SAC", kwargs=kwargs, n_envs=n_envs, normalize=False, q_lr=a.q_lr)
 
 
 def sb3_ddpg(a) -> dict:
-    # SB3's DDPG fixes policy_delay=1; ours updates the actor and the targets every d-th step as TD3 does, so the
-    # counterpart is SB3's TD3 reduced to DDPG: one critic, no target-policy smoothing, the same delay d.
-    kwargs = dict(learning_rate=a.learning_rate, buffer_size=a.buffer_size, learning_starts=a.learning_starts,
-                  batch_size=a.batch_size, tau=a.tau, gamma=a.gamma, train_freq=1, gradient_steps=1,
-                  policy_delay=a.policy_frequency, target_policy_noise=0.0, target_noise_clip=0.0,
-                  action_noise=("normal", a.exploration_noise),
-                  policy_kwargs={"net_arch": [a.hidden] * 2, "activation_fn": "relu", "n_critics": 1})  # fmt: skip
+    # SB3's DDPG fixes policy_delay=1; ours updates the actor and the targets every
+    # d-th step as TD3 does, so the counterpart is SB3's TD3 reduced to DDPG: one
+    # critic, no target-policy smoothing, the same delay d.
+    policy = {"net_arch": [a.hidden] * 2, "activation_fn": "relu", "n_critics": 1}
+    kwargs = dict(
+        learning_rate=a.learning_rate,
+        buffer_size=a.buffer_size,
+        learning_starts=a.learning_starts,
+        batch_size=a.batch_size,
+        tau=a.tau,
+        gamma=a.gamma,
+        train_freq=1,
+        gradient_steps=1,
+        policy_delay=a.policy_frequency,
+        target_policy_noise=0.0,
+        target_noise_clip=0.0,
+        action_noise=("normal", a.exploration_noise),
+        policy_kwargs=policy,
+    )
     return dict(algo="TD3", kwargs=kwargs, n_envs=a.num_envs, normalize=False)
 
 
-COUNTERPARTS = {"ppo.py": sb3_ppo, "a2c.py": sb3_a2c, "trpo.py": sb3_trpo, "dqn.py": sb3_dqn,
-                "sac_continuous.py": sb3_sac, "ddpg.py": sb3_ddpg}  # fmt: skip
+COUNTERPARTS = {
+    "ppo.py": sb3_ppo,
+    "a2c.py": sb3_a2c,
+    "trpo.py": sb3_trpo,
+    "dqn.py": sb3_dqn,
+    "sac_continuous.py": sb3_sac,
+    "ddpg.py": sb3_ddpg,
+}
 
 
 def load_script(script: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", ROOT / script)
+    name = f"bench_{Path(script).stem}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
-    """The script's Args for this command line, as its own command line resolves them (BOX_DEFAULTS for Box envs)."""
+    """The script's Args for this command line, as its own command line resolves them
+    (BOX_DEFAULTS for Box envs)."""
     return load_script(script).parse_args(["--env-id", env_id, *flags])
 
 
 def stamp_first_call(owner, name: str, stamps: dict):
-    """Wrap owner.name to record the wall and CPU clocks at its first call in stamps["learn"]: on a replay
-    buffer's `sample`, the first minibatch, where an off-policy run's learning phase begins."""
+    """Wrap owner.name to record the wall and CPU clocks at its first call in
+    stamps["learn"]: on a replay buffer's `sample`, the first minibatch, where an
+    off-policy run's learning phase begins."""
     fn = getattr(owner, name)
 
     def wrapped(*a, **k):
@@ -152,38 +242,67 @@ def stamp_first_call(owner, name: str, stamps: dict):
 
 
 def learning_rates(steps: int, learning_starts, stamps: dict, end: tuple) -> dict:
-    """Steps/s of the learning phase (after learning_starts, from the first minibatch to the end), wall and CPU."""
+    """Steps/s of the learning phase (after learning_starts, from the first minibatch
+    to the end), wall and CPU."""
     if learning_starts is None or "learn" not in stamps:
         return {}
-    (wall, cpu), n = stamps["learn"], steps - learning_starts
-    return {"learn_sps": n / (end[0] - wall), "learn_cpu_sps": n / (end[1] - cpu), "learn_steps": n}
+    wall, cpu = stamps["learn"]
+    n = steps - learning_starts
+    return {
+        "learn_sps": n / (end[0] - wall),
+        "learn_cpu_sps": n / (end[1] - cpu),
+        "learn_steps": n,
+    }
 
 
-# ---- the three measurements, each in a fresh spawned process. On a shared machine the wall clock measures the
-# other tenants as much as the code, so each also reports CPU seconds (time.process_time), which they barely move.
-def ours_child(script: str, env_id: str, flags: tuple[str, ...], seed: int, eval_episodes: int) -> dict:
-    """train() of the unmodified script, as its main would call it; the saved model is then evaluated (untimed)
-    through the script's own --eval-model path."""
-    module, stamps = load_script(script), {}
+def printed_eval(fn, *args) -> float:
+    """fn(*args), quietly; the X of the `eval/episodic_return X over N episodes` line
+    it prints, the line every script prints after an evaluation."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fn(*args)
+    lines = out.getvalue().splitlines()
+    evals = [line for line in lines if line.startswith("eval/episodic_return")]
+    return float(evals[-1].split()[1])
+
+
+# ---- the three measurements, each in a fresh spawned process. On a shared machine
+# the wall clock measures the other tenants as much as the code, so each also reports
+# CPU seconds (time.process_time), which they barely move.
+def ours_child(
+    script: str, env_id: str, flags: tuple[str, ...], seed: int, eval_episodes: int
+) -> dict:
+    """train() of the unmodified script, as its main would call it; the saved model
+    is then evaluated (untimed) through the script's own --eval-model path."""
+    module = load_script(script)
+    stamps = {}
     if hasattr(module, "ReplayBuffer"):
         stamp_first_call(module.ReplayBuffer, "sample", stamps)
     with tempfile.TemporaryDirectory() as tmp:
-        a = module.parse_args(["--env-id", env_id, "--seed", str(seed), "--log-dir", tmp, "--exp-name", "throughput",
-                               "--no-progress", *flags, "--eval-episodes", "0", "--save-model"])  # fmt: skip
-        wall, cpu = time.time(), time.process_time()
+        argv = ["--env-id", env_id, "--seed", str(seed), "--log-dir", tmp]
+        argv += ["--exp-name", "throughput", "--no-progress", *flags]
+        argv += ["--eval-episodes", "0", "--save-model"]
+        a = module.parse_args(argv)
+        start = time.time(), time.process_time()
         result = module.train(a)
         end = time.time(), time.process_time()
-        wall, cpu = end[0] - wall, end[1] - cpu
-        learning = learning_rates(result["steps"], getattr(a, "learning_starts", None), stamps, end)
+        wall = end[0] - start[0]
+        cpu = end[1] - start[1]
+        learning_starts = getattr(a, "learning_starts", None)
+        learning = learning_rates(result["steps"], learning_starts, stamps, end)
         evaluation = float("nan")
         if eval_episodes:
-            saved = ["--eval-model", result["model_path"], "--eval-episodes", str(eval_episodes)]
-            evaluation = module.evaluate_saved(module.parse_args(saved), env_given=False)
-    return {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu, "eval": evaluation} | learning
+            saved = ["--eval-model", result["model_path"]]
+            saved += ["--eval-episodes", str(eval_episodes)]
+            saved_args = module.parse_args(saved)
+            evaluation = printed_eval(module.evaluate_saved, saved_args)
+    rates = {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu}
+    return rates | {"eval": evaluation} | learning
 
 
 def sb3_model(spec: dict, env_id: str, seed: int):
-    """The SB3 / sb3-contrib model a spec describes, on its own vector env (normalised where ours normalises)."""
+    """The SB3 / sb3-contrib model a spec describes, on its own vector env (normalised
+    where ours normalises)."""
     import sb3_contrib
     import stable_baselines3 as sb3
     import torch
@@ -194,61 +313,92 @@ def sb3_model(spec: dict, env_id: str, seed: int):
     kwargs = dict(spec["kwargs"])
     if isinstance(kwargs.get("learning_rate"), (tuple, list)):
         kind, value = kwargs["learning_rate"]
-        kwargs["learning_rate"] = (lambda progress: progress * value) if kind == "linear" else value
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[kwargs["policy_kwargs"]["activation_fn"]]
+        if kind == "linear":
+            kwargs["learning_rate"] = lambda progress: progress * value
+        else:
+            kwargs["learning_rate"] = value
+    activations = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+    activation = activations[kwargs["policy_kwargs"]["activation_fn"]]
     kwargs["policy_kwargs"] = dict(kwargs["policy_kwargs"], activation_fn=activation)
     algo = getattr(sb3, spec["algo"], None) or getattr(sb3_contrib, spec["algo"])
     env = make_vec_env(env_id, n_envs=spec["n_envs"], seed=seed)
-    if "action_noise" in kwargs:  # Gaussian noise with std σ × each action's half-range
+    if "action_noise" in kwargs:
+        # Gaussian noise with std σ × each action's half-range
         half_range = (env.action_space.high - env.action_space.low) / 2
-        kwargs["action_noise"] = NormalActionNoise(0 * half_range, kwargs["action_noise"][1] * half_range)
+        sigma = kwargs["action_noise"][1] * half_range
+        kwargs["action_noise"] = NormalActionNoise(0 * half_range, sigma)
     if spec["normalize"]:
         env = VecNormalize(env, gamma=kwargs["gamma"])
     model = algo("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
     if "q_lr" in spec:
-        # SB3 sets its one learning rate on every optimizer before each update; the actor keeps it, the critics
-        # and α get q_lr, as in ours
+        # SB3 sets its one learning rate on every optimizer before each update; the
+        # actor keeps it, the critics and α get q_lr, as in ours
         def set_lrs(optimizers):
             for opt in optimizers:
+                lr = spec["q_lr"]
+                if opt is model.actor.optimizer:
+                    lr = kwargs["learning_rate"]
                 for group in opt.param_groups:
-                    group["lr"] = kwargs["learning_rate"] if opt is model.actor.optimizer else spec["q_lr"]
+                    group["lr"] = lr
 
         model._update_learning_rate = set_lrs
     return model
 
 
-def sb3_child(spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int, threads: int) -> dict:
-    import torch
+def sb3_eval_env(spec: dict, env_id: str, seed: int, model):
+    """A fresh env for evaluation; where the run normalises, its observations are
+    normalised with the training statistics, frozen."""
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecNormalize
+
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+    if spec["normalize"]:
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+        eval_env.obs_rms = model.get_env().obs_rms
+    return eval_env
+
+
+def sb3_child(
+    spec: dict, env_id: str, steps: int, seed: int, eval_episodes: int, threads: int
+) -> dict:
+    import torch
+    from stable_baselines3.common.evaluation import evaluate_policy
 
     if threads > 0:
         torch.set_num_threads(threads)
-    wall, cpu = time.time(), time.process_time()  # like ours: env and model set-up, then the training loop
-    model, stamps = sb3_model(spec, env_id, seed), {}
+    # like ours: env and model set-up, then the training loop
+    start = time.time(), time.process_time()
+    model = sb3_model(spec, env_id, seed)
+    stamps = {}
     if hasattr(model, "replay_buffer"):
         stamp_first_call(model.replay_buffer, "sample", stamps)
     model.learn(steps)
     end = time.time(), time.process_time()
-    wall, cpu = end[0] - wall, end[1] - cpu
-    learning = learning_rates(model.num_timesteps, spec["kwargs"].get("learning_starts"), stamps, end)
+    wall = end[0] - start[0]
+    cpu = end[1] - start[1]
+    steps_done = model.num_timesteps
+    learning_starts = spec["kwargs"].get("learning_starts")
+    learning = learning_rates(steps_done, learning_starts, stamps, end)
     evaluation = float("nan")
     if eval_episodes:
-        eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
-        if spec["normalize"]:  # evaluation sees observations normalised with the training statistics, frozen
-            eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-            eval_env.obs_rms = model.get_env().obs_rms
-        evaluation = float(evaluate_policy(model, eval_env, n_eval_episodes=eval_episodes, deterministic=True)[0])
-    return {"sps": model.num_timesteps / wall, "cpu_sps": model.num_timesteps / cpu, "eval": evaluation} | learning
+        eval_env = sb3_eval_env(spec, env_id, seed, model)
+        mean, _ = evaluate_policy(
+            model, eval_env, n_eval_episodes=eval_episodes, deterministic=True
+        )
+        evaluation = float(mean)
+    rates = {"sps": steps_done / wall, "cpu_sps": steps_done / cpu}
+    return rates | {"eval": evaluation} | learning
 
 
 def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
-    """Random actions through the vector env our scripts use: N envs, same-step autoreset, episode statistics."""
+    """Random actions through the vector env our scripts use: N envs, same-step
+    autoreset, episode statistics."""
     import gymnasium as gym
 
-    envs = gym.make_vec(env_id, num_envs, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})  # fmt: skip
+    autoreset = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+    envs = gym.make_vec(
+        env_id, num_envs, vectorization_mode="sync", vector_kwargs=autoreset
+    )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     envs.reset(seed=seed)
     envs.action_space.seed(seed)
@@ -256,17 +406,22 @@ def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
     wall, cpu = time.time(), time.process_time()
     for _ in range(steps // num_envs):
         envs.step(envs.action_space.sample())
-    return {"sps": steps / (time.time() - wall), "cpu_sps": steps / (time.process_time() - cpu)}
+    return {
+        "sps": steps / (time.time() - wall),
+        "cpu_sps": steps / (time.process_time() - cpu),
+    }
 
 
 def with_process_cpu(fn, args) -> dict:
     result = fn(*args)
+    # the whole process: start-up, imports, evaluation
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return result | {"cpu": usage.ru_utime + usage.ru_stime}  # the whole process: start-up, imports, evaluation
+    return result | {"cpu": usage.ru_utime + usage.ru_stime}
 
 
 def spawned(fn, *args) -> dict:
-    """fn(*args) in a fresh Python process. wall and cpu: the whole process, start-up and imports included."""
+    """fn(*args) in a fresh Python process. wall and cpu: the whole process, start-up
+    and imports included."""
     start = time.time()
     with mp.get_context("spawn").Pool(1) as pool:
         result = pool.apply(with_process_cpu, (fn, args))
@@ -275,14 +430,22 @@ def spawned(fn, *args) -> dict:
 
 @dataclass
 class Args:
-    scripts: tuple[str, ...] = ()  # scripts to measure (default: every script in PLAN that is in the checkout)
-    env_id: Optional[str] = None  # measure every script on this env instead of its PLAN env
-    flags: str = ""  # extra flags for our scripts (mapped to SB3 too), e.g. "--total-timesteps 20000"
-    repeats: int = 3  # rounds of (ours, SB3, env-only) per script
-    seed: int = 1  # seed of round 1; round r uses seed + r − 1
-    eval_episodes: int = 10  # deterministic evaluation episodes at the end of each training run
-    env_steps: int = 50_000  # steps of the env-only measurement (capped at the training budget)
-    out: str = "benchmarks/results/throughput.md"  # the markdown result
+    scripts: tuple[str, ...] = ()
+    """scripts to measure (default: every script in PLAN that is in the checkout)"""
+    env_id: Optional[str] = None
+    """measure every script on this env instead of its PLAN env"""
+    flags: str = ""
+    """extra flags for our scripts (mapped to SB3 too): '--total-timesteps 20000'"""
+    repeats: int = 3
+    """rounds of (ours, SB3, env-only) per script"""
+    seed: int = 1
+    """seed of round 1; round r uses seed + r − 1"""
+    eval_episodes: int = 10
+    """deterministic evaluation episodes at the end of each training run"""
+    env_steps: int = 50_000
+    """steps of the env-only measurement (capped at the training budget)"""
+    out: str = "benchmarks/results/throughput.md"
+    """the markdown result"""
 
 
 def median(xs: list) -> float:
@@ -298,43 +461,127 @@ def measure(args: Args) -> list[dict]:
         flags = tuple(flags) + tuple(shlex.split(args.flags))
         a = resolved_args(script, env_id, flags)
         sb3 = COUNTERPARTS[script](a) if script in COUNTERPARTS else None
-        plans.append(dict(script=script, env_id=env_id, flags=flags, args=a, sb3=sb3, rounds=[]))
+        plan = dict(script=script, env_id=env_id, flags=flags, args=a, sb3=sb3)
+        plans.append(plan | {"rounds": []})
     for r in range(args.repeats):
         seed = args.seed + r
         for p in plans:
-            a, steps = p["args"], p["args"].total_timesteps
-            jobs = {"ours": (ours_child, p["script"], p["env_id"], p["flags"], seed, args.eval_episodes),
-                    "env": (env_child, p["env_id"], getattr(a, "num_envs", 1), min(args.env_steps, steps), seed)}
+            a = p["args"]
+            steps = a.total_timesteps
+            num_envs = getattr(a, "num_envs", 1)
+            env_steps = min(args.env_steps, steps)
+            script, env_id, episodes = p["script"], p["env_id"], args.eval_episodes
+            jobs = {
+                "ours": (ours_child, script, env_id, p["flags"], seed, episodes),
+                "env": (env_child, env_id, num_envs, env_steps, seed),
+            }
             if p["sb3"]:
-                jobs["sb3"] = (sb3_child, p["sb3"], p["env_id"], steps, seed, args.eval_episodes, a.threads)
+                sb3 = (p["sb3"], env_id, steps, seed, episodes, a.threads)
+                jobs["sb3"] = (sb3_child, *sb3)
+            # rotate who goes first
             names = list(jobs)
-            order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+            first = r % len(names)
+            order = names[first:] + names[:first]
             result = {name: spawned(*jobs[name]) for name in order}
             p["rounds"].append(result)
-            print(f"round {r + 1} {p['script']} {p['env_id']}: " + ", ".join(
-                f"{k} {v['sps']:,.0f} steps/s ({v['cpu_sps']:,.0f}/CPU-s)" for k, v in result.items()), flush=True)
+            rates = [
+                f"{k} {v['sps']:,.0f} steps/s ({v['cpu_sps']:,.0f}/CPU-s)"
+                for k, v in result.items()
+            ]
+            print(f"round {r + 1} {script} {env_id}: " + ", ".join(rates), flush=True)
     return plans
 
 
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table_head(*columns: str) -> list[str]:
+    return [row(*columns), "|---" * len(columns) + "|"]
+
+
+INTRO = (
+    "Each round runs, per script, our script's `train()`, SB3 with the same settings "
+    "and the env alone, each in a fresh process, in an order that rotates from round "
+    "to round. Ratios are taken within a round, then the median over rounds; other "
+    "figures are medians. Steps/s: environment steps over the time of set-up and "
+    "training (ours: `train()`; SB3: building the env and model, then `learn`), by the "
+    "wall clock and by the CPU time of that process. On a shared machine other tenants "
+    "slow the wall clock by a factor that changes from minute to minute; CPU time "
+    "moves much less, but on a crowded VM it too runs above an idle core's (cache "
+    "sharing, host contention), so compare the ratios rather than the absolute "
+    "figures. Env-only: random actions through the same vector env (SyncVectorEnv, "
+    "same-step autoreset, episode statistics).\n"
+)
+LEARNING_PHASE = (
+    "Steps/s after the random-action warm-up: environment steps after "
+    "`learning_starts`, over the time from the first minibatch drawn from the replay "
+    "buffer to the end of training, by the wall clock and by CPU time: the rate of "
+    "learning itself, which the steps/s above blend with the much faster warm-up.\n"
+)
+NAN_SIDE = {key: float("nan") for key in ("sps", "cpu_sps", "wall", "cpu", "eval")}
+
+
 def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
-    speed = ["| script | env | steps | SB3 | ours steps/s | SB3 steps/s | ours ÷ SB3 | ours steps/CPU-s "
-             "| SB3 steps/CPU-s | ours ÷ SB3 (CPU) | env-only steps/CPU-s | ours ÷ env-only (CPU) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    whole = ["| script | env | ours eval | SB3 eval | ours process wall (s) | ours process CPU (s) "
-             "| SB3 process wall (s) | SB3 process CPU (s) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    learn = ["| script | env | learning steps | ours steps/s | SB3 steps/s | ours ÷ SB3 | ours steps/CPU-s "
-             "| SB3 steps/CPU-s | ours ÷ SB3 (CPU) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    detail = ["| script | round | order | ours steps/s | SB3 steps/s | ours steps/CPU-s | SB3 steps/CPU-s "
-              "| env-only steps/CPU-s | ours wall / CPU (s) | SB3 wall / CPU (s) | ours eval | SB3 eval |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    speed = table_head(
+        "script",
+        "env",
+        "steps",
+        "SB3",
+        "ours steps/s",
+        "SB3 steps/s",
+        "ours ÷ SB3",
+        "ours steps/CPU-s",
+        "SB3 steps/CPU-s",
+        "ours ÷ SB3 (CPU)",
+        "env-only steps/CPU-s",
+        "ours ÷ env-only (CPU)",
+    )
+    whole = table_head(
+        "script",
+        "env",
+        "ours eval",
+        "SB3 eval",
+        "ours process wall (s)",
+        "ours process CPU (s)",
+        "SB3 process wall (s)",
+        "SB3 process CPU (s)",
+    )
+    learn = table_head(
+        "script",
+        "env",
+        "learning steps",
+        "ours steps/s",
+        "SB3 steps/s",
+        "ours ÷ SB3",
+        "ours steps/CPU-s",
+        "SB3 steps/CPU-s",
+        "ours ÷ SB3 (CPU)",
+    )
+    detail = table_head(
+        "script",
+        "round",
+        "order",
+        "ours steps/s",
+        "SB3 steps/s",
+        "ours steps/CPU-s",
+        "SB3 steps/CPU-s",
+        "env-only steps/CPU-s",
+        "ours wall / CPU (s)",
+        "SB3 wall / CPU (s)",
+        "ours eval",
+        "SB3 eval",
+    )
     for p in plans:
-        rounds, threshold = p["rounds"], env_threshold(p["env_id"])
+        rounds = p["rounds"]
+        threshold = env_threshold(p["env_id"])
 
         def num(side, key, fmt="{:,.0f}"):
             xs = [r[side][key] for r in rounds if side in r]
             return fmt.format(median(xs)) if xs else "—"
 
-        def ratio(side, key):  # within each round, then the median over rounds
+        def ratio(side, key):
+            # within each round, then the median over rounds
             xs = [r["ours"][key] / r[side][key] for r in rounds if side in r]
             return f"**{median(xs):.2f}×**" if xs else "—"
 
@@ -342,61 +589,131 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
             xs = [r[side]["eval"] for r in rounds if side in r]
             if not xs:
                 return "—"
-            solved = f" ({sum(x >= threshold for x in xs)}/{len(xs)} ≥ {threshold:g})" if threshold is not None else ""
+            solved = ""
+            if threshold is not None:
+                reached = sum(x >= threshold for x in xs)
+                solved = f" ({reached}/{len(xs)} ≥ {threshold:g})"
             return f"{statistics.mean(xs):.1f}{solved}"
 
+        script, env_id = p["script"], p["env_id"]
         name = p["sb3"]["algo"] if p["sb3"] else "none"
-        speed.append(f"| {p['script']} | {p['env_id']} | {p['args'].total_timesteps:,} | {name} "
-                     f"| {num('ours', 'sps')} | {num('sb3', 'sps')} | {ratio('sb3', 'sps')} | {num('ours', 'cpu_sps')} "
-                     f"| {num('sb3', 'cpu_sps')} | {ratio('sb3', 'cpu_sps')} | {num('env', 'cpu_sps')} "
-                     f"| {ratio('env', 'cpu_sps')} |")  # fmt: skip
-        if any("learn_sps" in r["ours"] and "learn_sps" in r.get("sb3", {}) for r in rounds):
-            learn.append(f"| {p['script']} | {p['env_id']} | {num('ours', 'learn_steps')} | {num('ours', 'learn_sps')} "
-                         f"| {num('sb3', 'learn_sps')} | {ratio('sb3', 'learn_sps')} | {num('ours', 'learn_cpu_sps')} "
-                         f"| {num('sb3', 'learn_cpu_sps')} | {ratio('sb3', 'learn_cpu_sps')} |")  # fmt: skip
-        whole.append(f"| {p['script']} | {p['env_id']} | {evals('ours')} | {evals('sb3')} "
-                     f"| {num('ours', 'wall', '{:.1f}')} | {num('ours', 'cpu', '{:.1f}')} "
-                     f"| {num('sb3', 'wall', '{:.1f}')} | {num('sb3', 'cpu', '{:.1f}')} |")  # fmt: skip
+        speed.append(
+            row(
+                script,
+                env_id,
+                f"{p['args'].total_timesteps:,}",
+                name,
+                num("ours", "sps"),
+                num("sb3", "sps"),
+                ratio("sb3", "sps"),
+                num("ours", "cpu_sps"),
+                num("sb3", "cpu_sps"),
+                ratio("sb3", "cpu_sps"),
+                num("env", "cpu_sps"),
+                ratio("env", "cpu_sps"),
+            )
+        )
+        both_learn = [
+            "learn_sps" in r["ours"] and "learn_sps" in r.get("sb3", {}) for r in rounds
+        ]
+        if any(both_learn):
+            learn.append(
+                row(
+                    script,
+                    env_id,
+                    num("ours", "learn_steps"),
+                    num("ours", "learn_sps"),
+                    num("sb3", "learn_sps"),
+                    ratio("sb3", "learn_sps"),
+                    num("ours", "learn_cpu_sps"),
+                    num("sb3", "learn_cpu_sps"),
+                    ratio("sb3", "learn_cpu_sps"),
+                )
+            )
+        whole.append(
+            row(
+                script,
+                env_id,
+                evals("ours"),
+                evals("sb3"),
+                num("ours", "wall", "{:.1f}"),
+                num("ours", "cpu", "{:.1f}"),
+                num("sb3", "wall", "{:.1f}"),
+                num("sb3", "cpu", "{:.1f}"),
+            )
+        )
         for i, r in enumerate(rounds):
-            nan = {"sps": float("nan"), "cpu_sps": float("nan"), "wall": float("nan"), "cpu": float("nan"),
-                   "eval": float("nan")}  # fmt: skip
-            o, b, e = r["ours"], r.get("sb3", nan), r["env"]
-            detail.append(f"| {p['script']} | {i + 1} | {' → '.join(r)} | {o['sps']:,.0f} | {b['sps']:,.0f} "
-                          f"| {o['cpu_sps']:,.0f} | {b['cpu_sps']:,.0f} | {e['cpu_sps']:,.0f} "
-                          f"| {o['wall']:.1f} / {o['cpu']:.1f} | {b['wall']:.1f} / {b['cpu']:.1f} | {o['eval']:.1f} "
-                          f"| {b['eval']:.1f} |")  # fmt: skip
-    settings = "\n".join(f"- `{p['script']}` {' '.join(p['flags'])} ↔ SB3 `{p['sb3']['algo']}`, "
-                         f"n_envs={p['sb3']['n_envs']}, normalize={p['sb3']['normalize']}, {p['sb3']['kwargs']}"
-                         + (f", critics' and α's learning rate {p['sb3']['q_lr']}" if "q_lr" in p["sb3"] else "")
-                         for p in plans if p["sb3"])  # fmt: skip
-    return "\n".join([
-        header("Throughput: our scripts vs Stable-Baselines3 and the env-only limit",
-               f"{args.repeats} round(s), seeds {', '.join(str(args.seed + r) for r in range(args.repeats))} "
-               "(one training run per side per round)", code=code),
-        "Each round runs, per script, our script's `train()`, SB3 with the same settings and the env alone, each "
-        "in a fresh process, in an order that rotates from round to round. Ratios are taken within a round, then "
-        "the median over rounds; other figures are medians. Steps/s: environment steps over the time of set-up "
-        "and training (ours: `train()`; SB3: building the env and model, then `learn`), by the wall clock and by "
-        "the CPU time of that process. On a shared machine other tenants slow the wall clock by a factor that "
-        "changes from minute to minute; CPU time moves much less, but on a crowded VM it too runs above an idle "
-        "core's (cache sharing, host contention), so compare the ratios rather than the absolute figures. Env-only: "
-        "random actions through the same vector env (SyncVectorEnv, same-step autoreset, episode statistics).\n",
-        "## Steps per second\n", *speed, "",
-        *(["## Learning phase (off-policy scripts)\n",
-           "Steps/s after the random-action warm-up: environment steps after `learning_starts`, over the time from "
-           "the first minibatch drawn from the replay buffer to the end of training, by the wall clock and by CPU "
-           "time: the rate of learning itself, which the steps/s above blend with the much faster warm-up.\n",
-           *learn, ""] if len(learn) > 2 else []),
-        "## Whole runs\n",
-        f"Eval: the final deterministic evaluation ({args.eval_episodes} episodes), mean over rounds and how many "
-        "rounds reached the env's threshold. Process wall and CPU: the whole process, Python start-up, imports, "
-        "training and evaluation; on an idle machine a single-threaded run's wall time is about its CPU time.\n",
-        *whole, "", "## Every round\n", *detail, "", "## SB3 settings (mapped from each script's defaults)\n",
-        settings, ""])  # fmt: skip
+            o, b, e = r["ours"], r.get("sb3", NAN_SIDE), r["env"]
+            detail.append(
+                row(
+                    script,
+                    i + 1,
+                    " → ".join(r),
+                    f"{o['sps']:,.0f}",
+                    f"{b['sps']:,.0f}",
+                    f"{o['cpu_sps']:,.0f}",
+                    f"{b['cpu_sps']:,.0f}",
+                    f"{e['cpu_sps']:,.0f}",
+                    f"{o['wall']:.1f} / {o['cpu']:.1f}",
+                    f"{b['wall']:.1f} / {b['cpu']:.1f}",
+                    f"{o['eval']:.1f}",
+                    f"{b['eval']:.1f}",
+                )
+            )
+    settings = []
+    for p in plans:
+        if not p["sb3"]:
+            continue
+        sb3 = p["sb3"]
+        line = f"- `{p['script']}` {' '.join(p['flags'])} ↔ SB3 `{sb3['algo']}`, "
+        line += f"n_envs={sb3['n_envs']}, normalize={sb3['normalize']}, {sb3['kwargs']}"
+        if "q_lr" in sb3:
+            line += f", critics' and α's learning rate {sb3['q_lr']}"
+        settings.append(line)
+    title = "Throughput: our scripts vs Stable-Baselines3 and the env-only limit"
+    seeds = ", ".join(str(args.seed + r) for r in range(args.repeats))
+    seed_note = f"{args.repeats} round(s), seeds {seeds}"
+    seed_note += " (one training run per side per round)"
+    learning_phase = []
+    if len(learn) > 2:
+        learning_phase = [
+            "## Learning phase (off-policy scripts)\n",
+            LEARNING_PHASE,
+            *learn,
+            "",
+        ]
+    whole_runs = (
+        f"Eval: the final deterministic evaluation ({args.eval_episodes} episodes), "
+        "mean over rounds and how many rounds reached the env's threshold. Process "
+        "wall and CPU: the whole process, Python start-up, imports, training and "
+        "evaluation; on an idle machine a single-threaded run's wall time is about its "
+        "CPU time.\n"
+    )
+    return "\n".join(
+        [
+            header(title, seed_note, code=code),
+            INTRO,
+            "## Steps per second\n",
+            *speed,
+            "",
+            *learning_phase,
+            "## Whole runs\n",
+            whole_runs,
+            *whole,
+            "",
+            "## Every round\n",
+            *detail,
+            "",
+            "## SB3 settings (mapped from each script's defaults)\n",
+            "\n".join(settings),
+            "",
+        ]
+    )
 
 
 def main(args: Args) -> str:
-    code = code_state()  # the code measured: the checkout may move on during a long measurement
+    # the code measured: the checkout may move on during a long measurement
+    code = code_state()
     plans = measure(args)
     text = markdown(plans, args, code)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

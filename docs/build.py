@@ -1,11 +1,14 @@
-"""The notes beside the code: a static site with one side-by-side page per algorithm script.
+"""The notes beside the code: a static site with one side-by-side page per algorithm
+script.
 
-Each script is cut into sections at its top-level definitions (and, inside `train`, at its full-line comments);
-a section's docstrings and leading comments are rendered as prose on the left, its code on the right with the
-file's own line numbers. Everything below the banner comment containing "identical in every script" is folded.
-The index shows the README's algorithm, glossary and concept → code tables, linked to the sections; each section
-links to the tests that name it, shown on pages of their own. Everything is parsed at build time, so the site
-follows the files as they change.
+Each script is cut into sections at its top-level definitions (and, inside `train`,
+at its full-line comments); a section's docstrings and leading comments are rendered
+as prose on the left, its code on the right with the file's own line numbers.
+Everything below the banner comment containing "identical in every script" is folded.
+The index shows the README's algorithm, glossary and concept → code tables, linked to
+the sections; each section links to the tests that name it, shown on pages of their
+own. Everything is parsed at build time, so the site follows the files as they
+change.
 
 Usage: python docs/build.py [--out site]
 """
@@ -30,8 +33,13 @@ from pygments.lexers import PythonLexer
 ROOT = Path(__file__).resolve().parent.parent
 BANNER = "identical in every script"
 CONTRACT = ROOT / "tests/test_contract.py"
-TABLES = ["The algorithms", "Concept → code", "Glossary of symbols"]  # README sections the index shows
-GROUPED = {"imports": (ast.Import, ast.ImportFrom), "assignments": (ast.Assign, ast.AnnAssign, ast.AugAssign)}
+# README sections the index shows
+TABLES = ["The algorithms", "Concept → code", "Glossary of symbols"]
+GROUPED = {
+    "imports": (ast.Import, ast.ImportFrom),
+    "assignments": (ast.Assign, ast.AnnAssign, ast.AugAssign),
+}
+DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 CSS = """
 body { margin: 0; font: 15px/1.5 system-ui, sans-serif; color: #222; }
@@ -41,18 +49,30 @@ main { padding: 0 16px 40px; }
 .sec { border-bottom: 1px solid #eee; padding: 8px 0; }
 .sec > * { min-width: 0; }
 .prose > :first-child { margin-top: 0; }
-.prose pre { white-space: pre-wrap; font-size: 12.5px; background: #fafafa; padding: 4px 6px; }
-.prose pre > span { display: block; padding-left: 4ch; text-indent: -4ch; }  /* a wrapped equation hangs */
+.prose pre {
+  white-space: pre-wrap; font-size: 12.5px; background: #fafafa; padding: 4px 6px;
+}
+/* a wrapped equation hangs */
+.prose pre > span { display: block; padding-left: 4ch; text-indent: -4ch; }
 .prose h3 { font-size: 16px; margin: 0; }
 .tests { font-size: 13px; color: #555; }
-pre.code { margin: 0; overflow-x: auto; font: 12px/1.45 ui-monospace, Menlo, Consolas, monospace; }
-.ln { display: inline-block; width: 4ch; margin-right: 1.5ch; text-align: right; color: #aaa; user-select: none; }
+pre.code {
+  margin: 0; overflow-x: auto;
+  font: 12px/1.45 ui-monospace, Menlo, Consolas, monospace;
+}
+.ln {
+  display: inline-block; width: 4ch; margin-right: 1.5ch; text-align: right;
+  color: #aaa; user-select: none;
+}
 span[title] { text-decoration: underline dotted #999; cursor: help; }
 details.plumbing > summary { cursor: pointer; padding: 10px 0; font-weight: 600; }
 table { border-collapse: collapse; margin: 8px 0 24px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
 @media (min-width: 900px) {
-  .sec { display: grid; grid-template-columns: minmax(0, 5fr) minmax(0, 8fr); gap: 24px; align-items: start; }
+  .sec {
+    display: grid; grid-template-columns: minmax(0, 5fr) minmax(0, 8fr); gap: 24px;
+    align-items: start;
+  }
 }
 @media (max-width: 899px) { .prose { margin-bottom: 8px; } }
 """
@@ -60,10 +80,14 @@ th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
 
 @dataclass
 class Section:
-    start: int  # first line of the file in this section
-    names: list[str] = field(default_factory=list)  # top-level names defined here (the first one is its anchor)
-    prose: list[str] = field(default_factory=list)  # docstrings and comment lines, in order ("" = paragraph break)
-    code: list[int] = field(default_factory=list)  # line numbers shown on the right
+    start: int
+    """first line of the file in this section"""
+    names: list[str] = field(default_factory=list)
+    """top-level names defined here (the first one is its anchor)"""
+    prose: list[str] = field(default_factory=list)
+    """docstrings and comment lines, in order ("" = paragraph break)"""
+    code: list[int] = field(default_factory=list)
+    """line numbers shown on the right"""
 
 
 def warn(msg: str):
@@ -74,7 +98,8 @@ def warn(msg: str):
 
 
 def comment_lines(source: str) -> dict[int, str]:
-    """Line number -> text of every full-line comment (tokenize, so a '#' inside a string is not one)."""
+    """Line number -> text of every full-line comment (tokenize, so a '#' inside a
+    string is not one)."""
     comments = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT and not tok.line[: tok.start[1]].strip():
@@ -84,18 +109,24 @@ def comment_lines(source: str) -> dict[int, str]:
 
 def docstring_node(node) -> ast.Expr | None:
     """The statement holding the docstring of a module, def or class."""
-    if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
-        first = node.body[0]
-        if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
-            return first
+    if not isinstance(node, (ast.Module, *DEFINITIONS)) or not node.body:
+        return None
+    first = node.body[0]
+    value = getattr(getattr(first, "value", None), "value", None)
+    if isinstance(first, ast.Expr) and isinstance(value, str):
+        return first
     return None
 
 
 def node_names(node) -> list[str]:
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+    if isinstance(node, DEFINITIONS):
         return [node.name]
     targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
-    return [n.id for t in targets if t is not None for n in ast.walk(t) if isinstance(n, ast.Name)]
+    names = []
+    for t in targets:
+        if t is not None:
+            names += [n.id for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return names
 
 
 def group_of(node) -> str | None:
@@ -103,27 +134,40 @@ def group_of(node) -> str | None:
 
 
 def sections_of(source: str) -> list[Section]:
-    """Cut a file at its top-level statements (consecutive imports or assignments stay together) and inside
-    `train` at each run of full-line comments. A section's leading comments and any docstring are its prose;
-    prose with no code yet waits for the next statement (so the module docstring sits beside the imports)."""
-    tree, lines, comments = ast.parse(source), source.splitlines(), comment_lines(source)
+    """Cut a file at its top-level statements (consecutive imports or assignments
+    stay together) and inside `train` at each run of full-line comments. A section's
+    leading comments and any docstring are its prose; prose with no code yet waits
+    for the next statement (so the module docstring sits beside the imports)."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    comments = comment_lines(source)
     cuts, names, docstrings, prev = set(), {}, {}, None
     for node in tree.body:
-        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        start = first  # take in the comments and blank lines just above
-        while start - 1 > (prev.end_lineno if prev else 0) and (start - 1 in comments or not lines[start - 2].strip()):
+        decorators = [d.lineno for d in getattr(node, "decorator_list", [])]
+        first = min([node.lineno] + decorators)
+        # take in the comments and blank lines just above
+        start = first
+        above = prev.end_lineno if prev else 0
+        while start - 1 > above and (
+            start - 1 in comments or not lines[start - 2].strip()
+        ):
             start -= 1
-        if not (prev and group_of(node) and group_of(node) == group_of(prev) and comments.keys().isdisjoint(
-                range(start, first))):  # fmt: skip
+        same_group = prev and group_of(node) and group_of(node) == group_of(prev)
+        if not (same_group and comments.keys().isdisjoint(range(start, first))):
             cuts.add(start)
         names[first] = node_names(node)
-        doc = docstring_node(node) or (node if node is docstring_node(tree) else None)
+        doc = docstring_node(node)
+        if not doc and node is docstring_node(tree):
+            doc = node
         if doc:
-            docstrings.update({ln: None for ln in range(doc.lineno, doc.end_lineno + 1)})
+            docstrings.update(
+                {ln: None for ln in range(doc.lineno, doc.end_lineno + 1)}
+            )
             docstrings[doc.lineno] = inspect.cleandoc(doc.value.value)
         if isinstance(node, ast.FunctionDef) and node.name == "train":
-            cuts.update(ln for ln in range(node.lineno + 1, node.end_lineno + 1)
-                        if ln in comments and ln - 1 not in comments)  # fmt: skip
+            for ln in range(node.lineno + 1, node.end_lineno + 1):
+                if ln in comments and ln - 1 not in comments:
+                    cuts.add(ln)
         prev = node
 
     sections: list[Section] = []
@@ -153,20 +197,24 @@ def sections_of(source: str) -> list[Section]:
 
 
 def paragraph_html(p: str) -> str:
-    """Markdown, except that a paragraph with indented lines (aligned equations, usage lines) stays as written,
-    one line per equation."""
+    """Markdown, except that a paragraph with indented lines (aligned equations, usage
+    lines) stays as written, one line per equation."""
     if any(line[:1].isspace() for line in p.splitlines()):
-        return "<pre>" + "".join(f"<span>{html.escape(line)}</span>" for line in dedent(p).splitlines()) + "</pre>"
+        spans = [f"<span>{html.escape(line)}</span>" for line in dedent(p).splitlines()]
+        return "<pre>" + "".join(spans) + "</pre>"
     return markdown.markdown(p) if p else ""
 
 
 def prose_html(parts: list[str]) -> str:
-    """Paragraphs; a line between runs of one symbol (`# ── Networks ──`, `# ---- collect ----`) is a heading."""
+    """Paragraphs; a line between runs of one symbol (`# ── Networks ──`,
+    `# ---- collect ----`) is a heading."""
     out, paragraph = [], []
     for line in "\n".join(parts).splitlines() + [""]:
         heading = re.fullmatch(r"([^\w\s])\1+ *(.+?) *([^\w\s])\3+", line)
         if heading or not line.strip():
-            out += [paragraph_html("\n".join(paragraph)), f"<h3>{html.escape(heading[2])}</h3>" if heading else ""]
+            out.append(paragraph_html("\n".join(paragraph)))
+            if heading:
+                out.append(f"<h3>{html.escape(heading[2])}</h3>")
             paragraph = []
         else:
             paragraph.append(line)
@@ -174,33 +222,46 @@ def prose_html(parts: list[str]) -> str:
 
 
 def highlighted_lines(source: str, glossary: dict[str, str]) -> list[str]:
-    """The file's lines as highlighted HTML (one entry per line), glossary names wrapped with a tooltip."""
-    out = highlight(source, PythonLexer(stripnl=False, ensurenl=False), HtmlFormatter(nowrap=True))
+    """The file's lines as highlighted HTML (one entry per line), glossary names
+    wrapped with a tooltip."""
+    lexer = PythonLexer(stripnl=False, ensurenl=False)
+    out = highlight(source, lexer, HtmlFormatter(nowrap=True))
 
     def tip(m):
         title = glossary.get(m[2])
-        return f'<span class="{m[1]}" title="{html.escape(title)}">{m[2]}</span>' if title else m[0]
+        if not title:
+            return m[0]
+        return f'<span class="{m[1]}" title="{html.escape(title)}">{m[2]}</span>'
 
-    return [re.sub(r'<span class="(n\w?)">([A-Za-z_]\w*)</span>', tip, line) for line in out.split("\n")]
+    name = r'<span class="(n\w?)">([A-Za-z_]\w*)</span>'
+    return [re.sub(name, tip, line) for line in out.split("\n")]
 
 
-def section_html(stem: str, sec: Section, code: list[str], tests: list[tuple[str, str]]) -> str:
+def section_html(
+    stem: str, sec: Section, code: list[str], tests: list[tuple[str, str]]
+) -> str:
     anchor = f' id="{stem}-{sec.names[0]}"' if sec.names else ""
     extra = "".join(f'<span id="{stem}-{n}"></span>' for n in sec.names[1:])
     links = ", ".join(f'<a href="{href}">{name}</a>' for name, href in tests)
     tested = f'<p class="tests">Tested by: {links}</p>' if links else ""
     lines = "\n".join(f'<span class="ln">{ln}</span>{code[ln - 1]}' for ln in sec.code)
-    return (f'<section class="sec"{anchor}><div class="prose">{extra}{prose_html(sec.prose)}{tested}</div>'
-            f'<pre class="code">{lines}</pre></section>')  # fmt: skip
+    prose = f'<div class="prose">{extra}{prose_html(sec.prose)}{tested}</div>'
+    return (
+        f'<section class="sec"{anchor}>{prose}<pre class="code">{lines}</pre></section>'
+    )
 
 
 def page(title: str, body: str, root: str, scripts: list[str]) -> str:
     nav = "".join(f'<a href="{root}{Path(s).stem}.html">{s}</a>' for s in scripts)
     style = CSS + HtmlFormatter().get_style_defs("pre.code")
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>'
-            f'<style>{style}</style></head>\n<body><header><a href="{root}index.html">index</a>{nav}</header>\n'
-            f'<main><h1>{title}</h1>\n{body}\n</main></body></html>\n')  # fmt: skip
+    viewport = "width=device-width, initial-scale=1"
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="{viewport}"><title>{title}</title>'
+        f"<style>{style}</style></head>\n"
+        f'<body><header><a href="{root}index.html">index</a>{nav}</header>\n'
+        f"<main><h1>{title}</h1>\n{body}\n</main></body></html>\n"
+    )
 
 
 # ---- tests: which test functions name which definitions ----
@@ -211,43 +272,55 @@ def is_load(node) -> bool:
 
 
 def script_aliases(tree) -> set[str]:
-    """Names a test file binds to a loaded script: `ppo = load("ppo.py")`, `module, seen = load(...), {}`."""
+    """Names a test file binds to a loaded script: `ppo = load("ppo.py")`,
+    `module, seen = load(...), {}`."""
     aliases = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target, value = node.targets[0], node.value
-            pairs = zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) \
-                else [(target, value)]  # fmt: skip
-            aliases |= {t.id for t, v in pairs if isinstance(t, ast.Name) and is_load(v)}
+            pairs = [(target, value)]
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):
+                pairs = zip(target.elts, value.elts)
+            for t, v in pairs:
+                if isinstance(t, ast.Name) and is_load(v):
+                    aliases.add(t.id)
     return aliases
 
 
 def names_in(node, aliases: set[str]) -> set[str]:
-    """Identifiers a piece of test code mentions: names, strings that are identifiers (`setattr(m, "train", ...)`,
-    a list of block names), and attributes of a loaded script (`ppo.compute_gae`, not `rms.update`)."""
+    """Identifiers a piece of test code mentions: names, strings that are identifiers
+    (`setattr(m, "train", ...)`, a list of block names), and attributes of a loaded
+    script (`ppo.compute_gae`, not `rms.update`)."""
     found = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Name):
             found.add(n.id)
-        elif isinstance(n, ast.Attribute) and (getattr(n.value, "id", None) in aliases or is_load(n.value)):
-            found.add(n.attr)
-        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
-            found.add(n.value)
+        elif isinstance(n, ast.Attribute):
+            if getattr(n.value, "id", None) in aliases or is_load(n.value):
+                found.add(n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            if n.value.isidentifier():
+                found.add(n.value)
     return found
 
 
 def mentions_by_test(path: Path) -> dict[str, set[str]]:
-    """test function -> the names it mentions, itself or through the module-level helpers and constants it uses."""
+    """test function -> the names it mentions, itself or through the module-level
+    helpers and constants it uses."""
     if not path.exists():
         return {}
     tree = ast.parse(path.read_text())
     aliases = script_aliases(tree)
-    helpers = {name: names_in(node, aliases) for node in tree.body for name in node_names(node)}
+    helpers = {}
+    for node in tree.body:
+        for name in node_names(node):
+            helpers[name] = names_in(node, aliases)
     refs = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
             own = names_in(node, aliases)
-            refs[node.name] = own.union(*(helpers[n] for n in own if n in helpers and n != node.name))
+            used = [helpers[n] for n in own if n in helpers and n != node.name]
+            refs[node.name] = own.union(*used)
     return refs
 
 
@@ -255,8 +328,8 @@ def mentions_by_test(path: Path) -> dict[str, set[str]]:
 
 
 def readme_tables() -> dict[str, tuple[list[str], list[list[str]]]]:
-    """The README's tables that the index shows, as (header, rows) with cells split on unescaped '|'; a missing one
-    is empty, with a warning."""
+    """The README's tables that the index shows, as (header, rows) with cells split on
+    unescaped '|'; a missing one is empty, with a warning."""
     parts = re.split(r"^## (.+)$", (ROOT / "README.md").read_text(), flags=re.M)
     sections = {title.strip(): text for title, text in zip(parts[1::2], parts[2::2])}
     tables = {}
@@ -265,7 +338,10 @@ def readme_tables() -> dict[str, tuple[list[str], list[list[str]]]]:
         if not found:
             warn(f"README has no table under '## {title}'")
         lines = found[0].splitlines() if found else []
-        rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in lines]
+        rows = []
+        for line in lines:
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            rows.append([c.strip() for c in cells])
         tables[title] = (rows[0], rows[2:]) if rows else ([], [])
     return tables
 
@@ -277,6 +353,10 @@ def table_md(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in lines)
 
 
+def table_html(header: list[str], rows: list[list[str]]) -> str:
+    return markdown.markdown(table_md(header, rows), extensions=["tables"])
+
+
 def column(header: list[str], word: str) -> int | None:
     return next((i for i, h in enumerate(header) if word in h.lower()), None)
 
@@ -286,28 +366,38 @@ def backticked(cell: str) -> list[str]:
 
 
 def glossary_titles(header: list[str], rows: list[list[str]]) -> dict[str, str]:
-    """Code name -> tooltip built from every other column of its rows ("symbol: γ", "meaning: ...")."""
+    """Code name -> tooltip built from every other column of its rows ("symbol: γ",
+    "meaning: ...")."""
     code = column(header, "code")
     if code is None:
         return {}
     titles: dict[str, list[str]] = {}
     for row in rows:
-        text = "\n".join(f"{h}: {c.replace('`', '').replace(chr(92), '')}"
-                         for i, (h, c) in enumerate(zip(header, row)) if i != code)  # fmt: skip
+        fields = []
+        for i, (h, c) in enumerate(zip(header, row)):
+            if i != code:
+                fields.append(f"{h}: {c.replace('`', '').replace(chr(92), '')}")
+        text = "\n".join(fields)
         for name in backticked(row[code]):
             if name.isidentifier():
                 titles.setdefault(name, []).append(text)
     return {name: "\n\n".join(t) for name, t in titles.items()}
 
 
-def link_concepts(header: list[str], rows: list[list[str]], anchors: dict[str, dict[str, str]]) -> list[list[str]]:
-    """Concept → code rows with each backticked name linked to its section in every listed script that has it."""
+def link_concepts(
+    header: list[str], rows: list[list[str]], anchors: dict[str, dict[str, str]]
+) -> list[list[str]]:
+    """Concept → code rows with each backticked name linked to its section in every
+    listed script that has it."""
     scol, fcol = column(header, "script"), column(header, "function")
     if scol is None or fcol is None:
         return rows
     linked = []
     for row in rows:
-        stems = [Path(s).stem for s in backticked(row[scol]) if s.endswith(".py") and Path(s).stem in anchors]
+        stems = []
+        for s in backticked(row[scol]):
+            if s.endswith(".py") and Path(s).stem in anchors:
+                stems.append(Path(s).stem)
 
         def link(m):
             name = m[1]
@@ -315,14 +405,20 @@ def link_concepts(header: list[str], rows: list[list[str]], anchors: dict[str, d
                 return m[0]
             found = [(s, anchors[s][name]) for s in stems if name in anchors[s]]
             if stems and not found:
-                warn(f"README Concept → code names `{name}`, which none of {', '.join(stems)} defines")
+                where = ", ".join(stems)
+                warn(f"README Concept → code names `{name}`, not defined in {where}")
             if len(found) <= 1:
                 return f"[`{name}`]({found[0][1]})" if found else m[0]
-            return f"`{name}` " + " ".join(f"[{s}]({href})" for s, href in found)  # one link per script
+            # one link per script
+            return f"`{name}` " + " ".join(f"[{s}]({href})" for s, href in found)
+
+        def link_script(m):
+            if m[1] not in anchors:
+                return m[0]
+            return f"[`{m[1]}.py`]({m[1]}.html)"
 
         row = list(row)
-        row[scol] = re.sub(r"`(\w+)\.py`", lambda m: f"[`{m[1]}.py`]({m[1]}.html)" if m[1] in anchors else m[0],
-                           row[scol])  # fmt: skip
+        row[scol] = re.sub(r"`(\w+)\.py`", link_script, row[scol])
         row[fcol] = re.sub(r"`([^`]+)`", link, row[fcol])
         linked.append(row)
     return linked
@@ -331,21 +427,40 @@ def link_concepts(header: list[str], rows: list[list[str]], anchors: dict[str, d
 # ---- the site ----
 
 
-def build_file(path: Path, out: Path, root: str, scripts: list[str], glossary: dict[str, str],
-               tests: tuple = (), plumbing_tests: tuple = ()) -> dict[str, str]:  # fmt: skip
-    """Write one side-by-side page for path; return {name: href from the site root} of its anchors. tests and
-    plumbing_tests are (test page, {test: names it mentions}) pairs; the latter apply below the banner only."""
+def build_file(
+    path: Path,
+    out: Path,
+    root: str,
+    scripts: list[str],
+    glossary: dict[str, str],
+    tests: tuple = (),
+    plumbing_tests: tuple = (),
+) -> dict[str, str]:
+    """Write one side-by-side page for path; return {name: href from the site root}
+    of its anchors. tests and plumbing_tests are (test page, {test: names it
+    mentions}) pairs; the latter apply below the banner only."""
     source = path.read_text()
-    stem, code, sections = path.stem, highlighted_lines(source, glossary), sections_of(source)
-    banner = next((ln for ln, text in comment_lines(source).items() if BANNER in text), None)
-    fold = max((i for i, sec in enumerate(sections) if sec.start <= banner), default=None) if banner else None
+    stem = path.stem
+    code = highlighted_lines(source, glossary)
+    sections = sections_of(source)
+    banners = [ln for ln, text in comment_lines(source).items() if BANNER in text]
+    fold = None
+    if banners:
+        starts = [i for i, sec in enumerate(sections) if sec.start <= banners[0]]
+        fold = max(starts, default=None)
+    summary = "Run plumbing — identical in every script"
     parts = []
     for i, sec in enumerate(sections):
         if i == fold:
-            parts.append('<details class="plumbing"><summary>Run plumbing — identical in every script</summary>')
-        sources = tests + (plumbing_tests if fold is not None and i >= fold else ())
-        links = [(t, f"{test_page}#{Path(test_page).stem}-{t}") for test_page, refs in sources
-                 for t, names in refs.items() if set(sec.names) & names]  # fmt: skip
+            parts.append(f'<details class="plumbing"><summary>{summary}</summary>')
+        sources = tests
+        if fold is not None and i >= fold:
+            sources += plumbing_tests
+        links = []
+        for test_page, refs in sources:
+            for t, names in refs.items():
+                if set(sec.names) & names:
+                    links.append((t, f"{test_page}#{Path(test_page).stem}-{t}"))
         parts.append(section_html(stem, sec, code, links))
     if fold is not None:
         parts.append("</details>")
@@ -360,39 +475,62 @@ def build(out: Path):
     listed = [s for row in algo_rows for s in backticked(row[0]) if s.endswith(".py")]
     for s in [s for s in listed if not (ROOT / s).exists()]:
         warn(f"README names {s}, which does not exist")
-    scripts = [s for s in listed if (ROOT / s).exists()] or sorted(p.name for p in ROOT.glob("*.py"))
+    scripts = [s for s in listed if (ROOT / s).exists()]
+    if not scripts:
+        scripts = sorted(p.name for p in ROOT.glob("*.py"))
     glossary = glossary_titles(*tables["Glossary of symbols"])
     (out / "tests").mkdir(parents=True, exist_ok=True)
 
-    test_files = [f for f in [ROOT / f"tests/test_{Path(s).stem}.py" for s in scripts] + [CONTRACT] if f.exists()]
-    test_anchors = {f.stem: build_file(f, out, "../", scripts, glossary) for f in test_files}
+    candidates = [ROOT / f"tests/test_{Path(s).stem}.py" for s in scripts]
+    test_files = [f for f in candidates + [CONTRACT] if f.exists()]
+    test_anchors = {}
+    for f in test_files:
+        test_anchors[f.stem] = build_file(f, out, "../", scripts, glossary)
     contract = ((f"tests/{CONTRACT.stem}.html", mentions_by_test(CONTRACT)),)
     anchors = {}
     for script in scripts:
         stem = Path(script).stem
-        tests = ((f"tests/test_{stem}.html", mentions_by_test(ROOT / f"tests/test_{stem}.py")),)
-        anchors[stem] = test_anchors.get(f"test_{stem}", {}) | build_file(ROOT / script, out, "", scripts, glossary,
-                                                                         tests, contract)  # fmt: skip
+        mentions = mentions_by_test(ROOT / f"tests/test_{stem}.py")
+        tests = ((f"tests/test_{stem}.html", mentions),)
+        page_anchors = build_file(
+            ROOT / script, out, "", scripts, glossary, tests, contract
+        )
+        anchors[stem] = test_anchors.get(f"test_{stem}", {}) | page_anchors
 
-    algo_rows = [[re.sub(r"\]\((\w+)\.py\)", r"](\1.html)", c) for c in row] for row in algo_rows]
+    algo_rows = [
+        [re.sub(r"\]\((\w+)\.py\)", r"](\1.html)", c) for c in row] for row in algo_rows
+    ]
     concept_header, concept_rows = tables["Concept → code"]
-    body = "\n".join([
-        "<h2>The algorithms</h2>", markdown.markdown(table_md(algo_header, algo_rows), extensions=["tables"]),
-        '<h2>Concept → code</h2><div id="concepts">',
-        markdown.markdown(table_md(concept_header, link_concepts(concept_header, concept_rows, anchors)),
-                          extensions=["tables"]),
-        "</div><h2>Glossary of symbols</h2>",
-        markdown.markdown(table_md(*tables["Glossary of symbols"]), extensions=["tables"]),
-        "<h2>Tests</h2><ul>", *(f'<li><a href="tests/{f.stem}.html">{f.name}</a></li>' for f in test_files), "</ul>",
-    ])  # fmt: skip
-    intro = ("<p>One page per script: its docstrings and comments on the left, its code on the right, cut at each "
-             "definition and at the stages of <code>train</code>. Names in the code underlined with dots explain "
-             "their symbol when you point at them.</p>")
+    concept_rows = link_concepts(concept_header, concept_rows, anchors)
+    test_links = [
+        f'<li><a href="tests/{f.stem}.html">{f.name}</a></li>' for f in test_files
+    ]
+    body = "\n".join(
+        [
+            "<h2>The algorithms</h2>",
+            table_html(algo_header, algo_rows),
+            '<h2>Concept → code</h2><div id="concepts">',
+            table_html(concept_header, concept_rows),
+            "</div><h2>Glossary of symbols</h2>",
+            table_html(*tables["Glossary of symbols"]),
+            "<h2>Tests</h2><ul>",
+            *test_links,
+            "</ul>",
+        ]
+    )
+    intro = (
+        "<p>One page per script: its docstrings and comments on the left, its code on "
+        "the right, cut at each definition and at the stages of <code>train</code>. "
+        "Names in the code underlined with dots explain their symbol when you point at "
+        "them.</p>"
+    )
     title = "Deep RL, one file each: the notes beside the code"
     (out / "index.html").write_text(page(title, intro + body, "", scripts))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "site", help="folder to write the site to")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "site", help="folder to write the site to"
+    )
     build(parser.parse_args().out)

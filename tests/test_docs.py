@@ -1,4 +1,5 @@
-"""docs/build.py: the side-by-side site, built and looked at in a real (headless) browser as a reader would."""
+"""docs/build.py: the side-by-side site, built and looked at in a real (headless)
+browser as a reader would."""
 
 import shutil
 import subprocess
@@ -16,21 +17,21 @@ sync_api = pytest.importorskip(
 CHROMIUM = shutil.which("chromium")
 
 # Each visible section's prose and code boxes, for the layout checks.
-BOXES = """() => [...document.querySelectorAll('.sec')].map(s => [s.querySelector('.prose'), s.querySelector('.code')])
+BOXES = """() => [...document.querySelectorAll('.sec')]
+  .map(s => [s.querySelector('.prose'), s.querySelector('.code')])
   .map(([p, c]) => [p.getBoundingClientRect(), c.getBoundingClientRect()])
   .filter(([p, c]) => p.height > 0 && c.height > 0)
-  .map(([p, c]) => ({prose: [p.left, p.right, p.top, p.bottom], code: [c.left, c.right, c.top, c.bottom]}))"""
+  .map(([p, c]) => ({
+    prose: [p.left, p.right, p.top, p.bottom],
+    code: [c.left, c.right, c.top, c.bottom],
+  }))"""
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "docs/build.py"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cmd = [sys.executable, str(ROOT / "docs/build.py"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -47,19 +48,24 @@ def browser():
 
 @pytest.fixture(scope="module")
 def page(browser):
-    """One tab whose console errors, page errors and failed requests are collected in page.problems."""
+    """One tab whose console errors, page errors and failed requests are collected in
+    page.problems."""
     page = browser.new_page()
     page.problems = []
-    page.on(
-        "console",
-        lambda msg: (
-            msg.type == "error" and page.problems.append(f"console: {msg.text}")
-        ),
-    )
-    page.on("pageerror", lambda err: page.problems.append(f"page error: {err}"))
-    page.on(
-        "requestfailed", lambda req: page.problems.append(f"failed request: {req.url}")
-    )
+
+    def on_console(msg):
+        if msg.type == "error":
+            page.problems.append(f"console: {msg.text}")
+
+    def on_page_error(err):
+        page.problems.append(f"page error: {err}")
+
+    def on_request_failed(req):
+        page.problems.append(f"failed request: {req.url}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
+    page.on("requestfailed", on_request_failed)
     yield page
     page.close()
 
@@ -147,7 +153,8 @@ def test_docs_concept_links_land_on_anchors(site, page):
 
 
 def test_docs_screenshot_of_ppo(site, page):
-    """Not a check: a picture of ppo's page at 1280 px, git-ignored, for people to look at."""
+    """Not a check: a picture of ppo's page at 1280 px, git-ignored, for people to
+    look at."""
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto((site / "ppo.html").as_uri())
     (ROOT / "site").mkdir(exist_ok=True)
