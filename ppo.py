@@ -193,9 +193,11 @@ def clipped_surrogate_loss(logp, logp_old, advantages, clip_eps: float):
 
 
 def k3_kl(log_ratio):
-    """KL(q‖p) ≈ Ê[(ρ − 1) − log ρ] over samples x ~ q, where log ρ = log_ratio =
-    log p(x) − log q(x): unbiased and never negative (Schulman's k3 estimator)."""
-    return (log_ratio.exp() - 1.0 - log_ratio).mean()
+    """k3 = (p/q − 1) − log(p/q), averaged over samples x ~ q, with log_ratio =
+    log p(x) − log q(x): an estimate of KL(q‖p) that is unbiased and, unlike
+    k1 = −log_ratio, never negative, with low variance (Schulman 2020, "Approximating
+    KL divergence"; Igel's Deep RL notes, "KL-Regularization III")."""
+    return ((log_ratio.exp() - 1.0) - log_ratio).mean()
 
 
 def kl_penalty_loss(logp, logp_old, advantages, beta: float):

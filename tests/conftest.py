@@ -69,7 +69,7 @@ CASES = {
         tiny=(
             ["--env-id", "Pendulum-v1", "--total-timesteps", "400"]
             + ["--learning-starts", "200", "--batch-size", "64", "--hidden", "64"]
-            + ["--eval-episodes", "2"]
+            + ["--log-every", "100", "--eval-episodes", "2"]
         ),
         inconsistent=["--total-timesteps", "1000", "--learning-starts", "2000"],
         wrong_space="CartPole-v1",

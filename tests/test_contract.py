@@ -333,7 +333,8 @@ def test_contract_run_output_ends_its_lines_and_says_where(
     tmp_path, monkeypatch, capsys
 ):
     """The progress line is cleared before the evaluation line; --total-timesteps
-    rounds up to whole rollouts without a note; the last line names folder and model."""
+    rounds up to whole rollouts without a note (300 steps: 3 rollouts of 2 × 64); the
+    last line names folder and model."""
     ppo = load("ppo.py")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     argv = ["--total-timesteps", "300", "--save-model", "--log-dir", str(tmp_path)]
@@ -344,7 +345,7 @@ def test_contract_run_output_ends_its_lines_and_says_where(
     (run_dir,) = tmp_path.iterdir()
     first = out.splitlines()[0]
     last = out.splitlines()[-1]
-    assert first.startswith("eval/episodic_return") and last.startswith("512 steps")
+    assert first.startswith("eval/episodic_return") and last.startswith("384 steps")
     assert str(run_dir) in last and str(run_dir / "ppo.pt") in last
 
 
