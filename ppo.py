@@ -805,17 +805,18 @@ def evaluate_saved(args: Args):
     path = args.eval_model
     script = os.path.basename(__file__)
     run = ["seed", "device", "threads", "eval_episodes", "capture_video"]
-    try:  # missing, empty and foreign files fail in many ways
-        with warnings.catch_warnings(action="ignore"):  # no warning before the line
+    # missing, empty and foreign files fail in many ways, each in one line: no warning
+    try:
+        with warnings.catch_warnings(action="ignore"):
             ckpt = torch.load(path, map_location="cpu")
-        check(ckpt["script"] == script, f"{path} was saved by {ckpt['script']}")
-        # the saved settings, with this command line's run fields
-        saved = replace(Args(**ckpt["args"]), **{f: getattr(args, f) for f in run})
-        same_env = args.env_id in (Args.env_id, saved.env_id)
-        check(same_env, f"{path} was trained on {saved.env_id}: drop --env-id")
-        obs_space, act_space, device = prepare(saved)
-        model = make_agent(saved, obs_space, act_space).to(device)
-        model.load_state_dict(ckpt["model"])
+            check(ckpt["script"] == script, f"{path} was saved by {ckpt['script']}")
+            # the saved settings, with this command line's run fields
+            saved = replace(Args(**ckpt["args"]), **{f: getattr(args, f) for f in run})
+            same_env = args.env_id in (Args.env_id, saved.env_id)
+            check(same_env, f"{path} was trained on {saved.env_id}: drop --env-id")
+            obs_space, act_space, device = prepare(saved)
+            model = make_agent(saved, obs_space, act_space).to(device)
+            model.load_state_dict(ckpt["model"])
     except Exception as e:
         check(False, f"cannot evaluate {path}: {type(e).__name__}: {str(e)[:200]}")
     videos = os.path.join(os.path.dirname(path), "videos")
