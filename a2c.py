@@ -732,8 +732,7 @@ def evaluate_saved(args: Args):
     path = args.eval_model
     script = os.path.basename(__file__)
     run = ["seed", "device", "threads", "eval_episodes", "capture_video"]
-    # missing, empty and foreign files fail in many ways, each in one line: no warning
-    try:
+    try:  # missing, empty and foreign files fail in many ways: one line, no warning
         with warnings.catch_warnings(action="ignore"):
             ckpt = torch.load(path, map_location="cpu")
             check(ckpt["script"] == script, f"{path} was saved by {ckpt['script']}")
