@@ -83,7 +83,7 @@ class Args:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """auto picks cuda, then mps, then cpu"""
     threads: int = 2
-    """torch CPU threads (1 is fastest for small networks on CPU); 0: torch's default"""
+    """CPU threads: 2 pays on 2 idle cores, 1 beside other jobs; 0: torch's default"""
     log_dir: str = "runs"
     """TensorBoard runs go to {log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}"""
     log_every: int = 1_000
