@@ -39,6 +39,7 @@ Usage: python dqn.py --env-id CartPole-v1
 import collections
 import contextlib
 import copy
+import importlib
 import io
 import math
 import os
@@ -49,6 +50,9 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
+
+if __name__ == "__main__":  # Ctrl-C while the libraries below load: exit quietly
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import gymnasium as gym
 import numpy as np
@@ -510,6 +514,9 @@ def check_finite(**tensors):
 
 
 def env_spaces(env_id: str):
+    # MuJoCo warns of gymnasium's own model files, per env and into ./MUJOCO_LOG.TXT
+    if "mujoco" in str(gym.registry.get(env_id)):  # a diverging run stops on NaN
+        importlib.import_module("mujoco").set_mju_user_warning(lambda text: None)
     try:
         with warnings.catch_warnings(action="ignore"):  # no warning before the line
             env = gym.make(env_id)
@@ -536,13 +543,13 @@ def prepare(args: Args):
     check(device in found, f"--device {device}: torch sees none here; use cpu")
     if args.capture_video:  # refuse early what cannot render (MuJoCo: through EGL)
         os.environ.setdefault("MUJOCO_GL", "egl")
-        try:
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame needs no display
+        try:  # a missing GL library surfaces as many error types
             env = gym.make(args.env_id, render_mode="rgb_array")
             env.reset(seed=0)
-            frame = env.render()
-        except Exception as e:  # a missing GL library surfaces as many error types
-            frame = f"{type(e).__name__}: {e}"
-        check(isinstance(frame, np.ndarray), f"--capture-video: no frame ({frame})")
+            check(env.render() is not None, "--capture-video: the env renders nothing")
+        except Exception as e:
+            check(False, f"--capture-video: cannot render ({type(e).__name__}: {e})")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     # Adam's moments of idle units decay into denormals (< 1e-38): ~100× slower on x86
@@ -583,13 +590,15 @@ class Run(contextlib.AbstractContextManager):
         self.writer = SummaryWriter(self.dir)
         rows = "".join(f"\n|{k}|{v}|" for k, v in asdict(args).items())
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|" + rows, 0)
-        # Ctrl-C sets a flag that due() acts on (a KeyboardInterrupt in TensorBoard's
-        # writer can hang its close()); finish() lets it stop the evaluation at once
         self.previous_handler = signal.signal(signal.SIGINT, self.interrupt)
 
     def interrupt(self, signum, frame):
+        """Ctrl-C: stop now, or at the next due() inside TensorBoard (it can hang)."""
         self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one stops
+        while frame and "tensorboard" not in frame.f_code.co_filename:
+            frame = frame.f_back
+        if frame is None:
+            raise KeyboardInterrupt
 
     def __exit__(self, kind, exc, tb):
         """Save the model (--save-model), close the writer, say where it all went."""
@@ -610,7 +619,7 @@ class Run(contextlib.AbstractContextManager):
             print(f"{self.step:,} steps in {time.time() - self.start:.0f} s: {where}")
 
     def due(self) -> bool:
-        """True now and every --log-every env steps after; a Ctrl-C stops it here."""
+        """True now and every --log-every steps after; a deferred Ctrl-C stops here."""
         if self.interrupted:
             raise KeyboardInterrupt
         if self.step < self.next_log:
@@ -626,9 +635,8 @@ class Run(contextlib.AbstractContextManager):
     def log_episodes(self, info: dict):
         """charts/episodic_return and _length of the episodes that ended this step."""
         if "episode" in info:
-            episode = {
-                k: v[info["_episode"]].mean() for k, v in info["episode"].items()
-            }
+            ended = info["_episode"]
+            episode = {k: v[ended].mean() for k, v in info["episode"].items()}
             self.last_return = float(episode["r"])
             self.writer.add_scalar("charts/episodic_return", episode["r"], self.step)
             self.writer.add_scalar("charts/episodic_length", episode["l"], self.step)
@@ -636,17 +644,15 @@ class Run(contextlib.AbstractContextManager):
     def progress(self, end: bool = False):
         """One self-overwriting line on a terminal: steps, SPS, recent return, ETA."""
         if self.args.progress and sys.stderr.isatty():
-            total = self.args.total_timesteps
             sps = self.step / max(time.time() - self.start, 1e-9)
-            eta = max(total - self.step, 0) / max(sps, 1e-9)
-            line = f"\r{self.step:>10,}/{total:,} steps {sps:7,.0f} SPS"
+            eta = max(self.args.total_timesteps - self.step, 0) / max(sps, 1e-9)
+            line = f"\r{self.step:>10,} steps {sps:7,.0f} SPS"
             line += f"  return {self.last_return:8.2f}  ETA {eta:4.0f}s\033[K"
             print("\r\033[K" if end else line, end="", file=sys.stderr)
 
     def finish(self) -> dict:
         """Check the weights, then evaluate them (--eval-episodes)."""
-        if self.interrupted:
-            raise KeyboardInterrupt
+        self.due()  # a Ctrl-C deferred in the last log stops here
         check_finite(**{f"parameter {n}": p for n, p in self.model.named_parameters()})
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self.progress(end=True)

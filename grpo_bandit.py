@@ -42,6 +42,9 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional
 
+if __name__ == "__main__":  # Ctrl-C while the libraries below load: exit quietly
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -531,13 +534,15 @@ class Run(contextlib.AbstractContextManager):
         self.writer = SummaryWriter(self.dir)
         rows = "".join(f"\n|{k}|{v}|" for k, v in asdict(args).items())
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|" + rows, 0)
-        # Ctrl-C sets a flag that due() acts on (a KeyboardInterrupt in TensorBoard's
-        # writer can hang its close()); finish() lets it stop the evaluation at once
         self.previous_handler = signal.signal(signal.SIGINT, self.interrupt)
 
     def interrupt(self, signum, frame):
+        """Ctrl-C: stop now, or at the next due() inside TensorBoard (it can hang)."""
         self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one stops
+        while frame and "tensorboard" not in frame.f_code.co_filename:
+            frame = frame.f_back
+        if frame is None:
+            raise KeyboardInterrupt
 
     def __exit__(self, kind, exc, tb):
         """Save the model (--save-model), close the writer, say where it all went."""
@@ -558,7 +563,7 @@ class Run(contextlib.AbstractContextManager):
             print(f"{self.step:,} steps in {time.time() - self.start:.0f} s: {where}")
 
     def due(self) -> bool:
-        """True now and every --log-every env steps after; a Ctrl-C stops it here."""
+        """True now and every --log-every steps after; a deferred Ctrl-C stops here."""
         if self.interrupted:
             raise KeyboardInterrupt
         if self.step < self.next_log:
@@ -574,9 +579,8 @@ class Run(contextlib.AbstractContextManager):
     def log_episodes(self, info: dict):
         """charts/episodic_return and _length of the episodes that ended this step."""
         if "episode" in info:
-            episode = {
-                k: v[info["_episode"]].mean() for k, v in info["episode"].items()
-            }
+            ended = info["_episode"]
+            episode = {k: v[ended].mean() for k, v in info["episode"].items()}
             self.last_return = float(episode["r"])
             self.writer.add_scalar("charts/episodic_return", episode["r"], self.step)
             self.writer.add_scalar("charts/episodic_length", episode["l"], self.step)
@@ -584,17 +588,15 @@ class Run(contextlib.AbstractContextManager):
     def progress(self, end: bool = False):
         """One self-overwriting line on a terminal: steps, SPS, recent return, ETA."""
         if self.args.progress and sys.stderr.isatty():
-            total = self.args.total_timesteps
             sps = self.step / max(time.time() - self.start, 1e-9)
-            eta = max(total - self.step, 0) / max(sps, 1e-9)
-            line = f"\r{self.step:>10,}/{total:,} steps {sps:7,.0f} SPS"
+            eta = max(self.args.total_timesteps - self.step, 0) / max(sps, 1e-9)
+            line = f"\r{self.step:>10,} steps {sps:7,.0f} SPS"
             line += f"  return {self.last_return:8.2f}  ETA {eta:4.0f}s\033[K"
             print("\r\033[K" if end else line, end="", file=sys.stderr)
 
     def finish(self) -> dict:
         """Check the weights, then evaluate them (--eval-episodes)."""
-        if self.interrupted:
-            raise KeyboardInterrupt
+        self.due()  # a Ctrl-C deferred in the last log stops here
         check_finite(**{f"parameter {n}": p for n, p in self.model.named_parameters()})
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self.progress(end=True)

@@ -98,8 +98,8 @@ CASES = {
             ["--num-envs", "0"],
             ["--policy-frequency", "0"],
             ["--policy-lr", "inf"],
-            ["--alpha", "nan"],
-            ["--alpha", "0"],
+            ["--alpha", "nan", "--no-autotune"],
+            ["--alpha", "0", "--no-autotune"],
         ],
     ),
     "trpo.py": dict(
