@@ -532,9 +532,10 @@ def prepare(args: Args):
     check_args(args, obs_space, act_space)
     check(0 <= args.seed < 2**32, f"--seed {args.seed} must lie in [0, 2^32)")
     check(args.total_timesteps >= 1, "--total-timesteps must be >= 1")
-    check(args.eval_episodes >= 0, "--eval-episodes must be >= 0 (0 skips evaluation)")
-    check(args.threads >= 0, "--threads must be >= 0 (0 keeps torch's default)")
-    check(args.log_every >= 1, "--log-every must be >= 1")
+    check(args.eval_episodes >= 0, f"--eval-episodes {args.eval_episodes} must be >= 0")
+    check(0 <= args.threads <= 256, f"--threads {args.threads} is not in [0, 256]")
+    check(args.log_every >= 1, f"--log-every {args.log_every} must be >= 1")
+    check(args.log_dir.strip() != "", "--log-dir '': name a folder (default: runs)")
     plain = os.path.basename(args.exp_name) == args.exp_name.strip(".")[:99]
     check(plain, "--exp-name: a name without '/', under 100 characters")
     accelerator = torch.accelerator.current_accelerator()  # cuda or mps, if any
@@ -570,7 +571,7 @@ def new_folder(path: str) -> str:
         except FileExistsError:
             continue
         except OSError as e:  # --log-dir is a file, or may not be written
-            check(False, f"cannot create {candidate}: {e.strerror}")
+            check(False, f"cannot create {candidate} ({e.strerror}): check --log-dir")
 
 
 class Run(contextlib.AbstractContextManager):

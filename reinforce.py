@@ -9,17 +9,21 @@ estimate holds only for samples of the current π_θ) and ascends
 
 Reward-to-go: a_t cannot change the rewards before it, so leaving them out removes
 noise, not signal. Baseline: E[∇ log π(a|s) b(s)] = b(s) ∇ Σ_a π(a|s) = b(s) ∇1 = 0,
-so b keeps the mean and lowers the variance ("variance is the enemy": without b,
-CartPole's +1 a step pushes up every action taken). --baseline none | mean (b = the
-batch's mean G_t) | value (b(s) = V_w(s), regressed on G_t: "REINFORCE with baseline",
-S&B 13.4); on a fixed CartPole batch (tests) it cuts the gradient's variance to 0.32×.
+so b keeps the mean and lowers the variance (without b, CartPole's +1 a step pushes up
+every action taken). --baseline none | mean (b = the batch's mean G_t over all its
+steps) | time-mean (b_t = the mean G_t at step t of the episodes that reach step t:
+Guberina's RL notes, eq. 1.71) | value (b(s) = V_w(s), regressed on G_t: "REINFORCE
+with baseline", S&B 13.4); on a fixed CartPole batch (tests) V_w cuts the gradient's
+variance to 0.32×.
 
 Discounting: the exact gradient of the discounted objective weights step t by γ^t as
 well (option 2, --weight-by-gamma-t). Common practice (option 1, the default) drops γ^t:
 γ only shortens the horizon of G_t. That is the gradient of no objective (Nota & Thomas
-2020), but it learns better. The lecture's five pulls of a 3-armed softmax bandit, θ =
-(1, −1, 0), as one-step episodes (γ = 0, G_t = r_t): Σ_t r_t ∇ log π(a_t) = (1.013,
-−1.810, 0.797), which a test reproduces through the functions below.
+2020), but it learns better. The 3-armed softmax bandit of CSCI 1470 (Ewing, day 31,
+"Policy Gradient on Multi-Arm Bandits"), θ = (1, −1, 0): the deck computes the gradient
+of one pull, (a1, 3) → 3 (0.34, −0.09, −0.25); summed over its five pulls τ = (a1, 3),
+(a2, −1), (a3, 2), (a1, 4), (a3, 1) as one-step episodes (γ = 0, G_t = r_t), our own
+computation gives Σ_t r_t ∇ log π(a_t) = (1.013, −1.810, 0.797); tests check both.
 
 Discrete actions: softmax policy. Box: diagonal Gaussian with state-independent log σ,
 actions clipped to the bounds when stepped; Box envs train for 1M steps (BOX_DEFAULTS).
@@ -54,8 +58,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class Args:
-    baseline: Literal["none", "mean", "value"] = "value"
-    """b(s_t): none, the batch's mean G_t, or a learned V_w(s_t) (least variance)"""
+    baseline: Literal["none", "mean", "time-mean", "value"] = "value"
+    """b(s_t): none, the batch's mean G_t, its mean at step t, or a learned V_w(s_t)"""
     learning_rate: float = 3e-3
     """α: Adam step size of π_θ and of V_w; typically 1e-3-1e-2"""
     anneal_lr: bool = True
@@ -177,12 +181,21 @@ def reward_to_go(rewards, gamma: float, bootstrap=None):
 
 
 def baseline_values(kind: str, returns, values, alive):
-    """b(s_t): 0, the batch mean of G_t over the steps of its episodes, or V_w(s_t). Any
-    b that does not depend on a_t leaves the gradient unbiased; V_w is detached, since b
-    must not carry a gradient of its own."""
+    """b(s_t): 0, the batch mean of G_t over the steps of its episodes, the mean of G_t
+    at each step t, or V_w(s_t). Any b that does not depend on a_t leaves the gradient
+    unbiased; V_w is detached, since b must not carry a gradient of its own. The two
+    means include the episode's own G_t, a bias of order 1/(episodes averaged)."""
     if kind == "mean":
-        # b = the batch's mean return (Guberina's RL notes, eq. 1.33)
+        # b = the mean G_t over all steps of the batch, one constant (Guberina's RL
+        # notes, eq. 1.33, averages whole-episode returns r(τ_i) instead)
         return returns[alive].mean()
+    if kind == "time-mean":
+        # b_t = (1/N_t) Σ_i G_{i,t}, over the N_t episodes that reach step t (Guberina's
+        # RL notes, eq. 1.71, with G_{i,t} for Q(s_{i,t}, a_{i,t}) and N_t for N): t is
+        # the step since the episode's start, as every episode starts at row 0; where
+        # one episode alone reaches t, its weight there is 0. (T, 1)
+        reached = alive.sum(1, keepdim=True)
+        return (returns * alive).sum(1, keepdim=True) / reached.clamp(min=1)
     if kind == "value":
         # b(s_t) = V_w(s_t), a state-dependent baseline
         return values.detach()
@@ -524,9 +537,10 @@ def prepare(args: Args):
     check_args(args, obs_space, act_space)
     check(0 <= args.seed < 2**32, f"--seed {args.seed} must lie in [0, 2^32)")
     check(args.total_timesteps >= 1, "--total-timesteps must be >= 1")
-    check(args.eval_episodes >= 0, "--eval-episodes must be >= 0 (0 skips evaluation)")
-    check(args.threads >= 0, "--threads must be >= 0 (0 keeps torch's default)")
-    check(args.log_every >= 1, "--log-every must be >= 1")
+    check(args.eval_episodes >= 0, f"--eval-episodes {args.eval_episodes} must be >= 0")
+    check(0 <= args.threads <= 256, f"--threads {args.threads} is not in [0, 256]")
+    check(args.log_every >= 1, f"--log-every {args.log_every} must be >= 1")
+    check(args.log_dir.strip() != "", "--log-dir '': name a folder (default: runs)")
     plain = os.path.basename(args.exp_name) == args.exp_name.strip(".")[:99]
     check(plain, "--exp-name: a name without '/', under 100 characters")
     accelerator = torch.accelerator.current_accelerator()  # cuda or mps, if any
@@ -562,7 +576,7 @@ def new_folder(path: str) -> str:
         except FileExistsError:
             continue
         except OSError as e:  # --log-dir is a file, or may not be written
-            check(False, f"cannot create {candidate}: {e.strerror}")
+            check(False, f"cannot create {candidate} ({e.strerror}): check --log-dir")
 
 
 class Run(contextlib.AbstractContextManager):

@@ -25,6 +25,7 @@ CASES = {
         wrong_space="Blackjack-v1",
         lr_flag="--learning-rate",
         diverge=["--learning-rate", "1e30"],
+        bad=[["--num-minibatches", "0"], ["--vf-coef", "-1"], ["--clip-eps", "0"]],
     ),
     "reinforce.py": dict(
         tiny=(
@@ -51,6 +52,8 @@ CASES = {
             ["--log-every", "0"],
             ["--max-grad-norm", "inf"],
             ["--ent-coef", "-0.01"],
+            ["--vf-coef", "-1"],
+            ["--env-id", "Taxi-v3"],
         ],
     ),
     "dqn.py": dict(
