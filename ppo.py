@@ -205,7 +205,10 @@ def k3_kl(log_ratio):
 
 
 def kl_penalty_loss(logp, logp_old, advantages, beta: float):
-    """PPO-KL: minimise −(Ê[r_t Â_t] − β KL(π_old‖π_θ))."""
+    """PPO-KL: minimise −(Ê[r_t Â_t] − β KL(π_old‖π_θ)), the paper's direction (its
+    eq. 8); CISC 7404 (Morad, "Proximal Policy Optimization") and Igel's Deep RL deck
+    ("KL-Regularization I") penalise KL(π_θ‖π_old) = E_old[r_t log r_t] instead, which
+    the same samples also estimate (README, "Reading this beside the lecture notes")."""
     surrogate = ((logp - logp_old).exp() * advantages).mean()
     # KL(π_old‖π_θ), estimated from the rollout's samples of π_old
     kl = k3_kl(logp - logp_old)

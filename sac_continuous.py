@@ -192,7 +192,8 @@ def alpha_loss(log_alpha, logp, target_entropy: float):
 
 @torch.no_grad()  # θ⁻ moves toward θ outside autograd: no gradient step
 def polyak_update(target: nn.Module, source: nn.Module, tau: float):
-    """θ⁻ ← τ θ + (1 − τ) θ⁻ for every target parameter (the notes' ρ = 1 − τ)."""
+    """θ⁻ ← τ θ + (1 − τ) θ⁻ for every target parameter (ρ = 1 − τ in Igel's Deep RL
+    deck, "Delayed Q update")."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 

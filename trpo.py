@@ -10,6 +10,9 @@ V(s) on R_t = Â_t + V(s_t):
   x = F⁻¹ g by conjugate gradient from products F·v alone,  g = ∇L(θ_old),
       F = ∇²KL̄(θ_old) = E[∇log π ∇log πᵀ], the Fisher information
   θ = θ_old + κ^j √(2δ / xᵀFx) x, the first j = 0, 1, ... with KL̄ ≤ δ and L improved
+  θ = θ_old + α x    with --npg-step α > 0 instead: the natural gradient with a fixed
+      step (Guberina's RL notes, eq. 1.64-1.67: pick α rather than the radius), no line
+      search, no KL check; TRPO's first step is this one with α = √(2δ / gᵀF⁻¹g)
 
 Importance sampling, E_p[f] = E_q[(p/q) f], lets π_old's samples score π_θ; over whole
 trajectories it takes Π_t r_t(θ), which explodes or vanishes over long horizons. L
@@ -72,6 +75,8 @@ class Args:
     """κ: the line search tries the steps κ^j √(2δ / xᵀFx) x; typically 0.5-0.8"""
     backtrack_iters: int = 10
     """steps j = 0, 1, ... the line search tries before it rejects the update"""
+    npg_step: float = 0.0
+    """α: if > 0, θ ← θ + α F⁻¹g with no line search or KL check (0: TRPO); ~0.1-1"""
     norm_adv: bool = True
     """normalise Â_t to zero mean and unit std over each rollout"""
     learning_rate: float = 1e-3
@@ -142,6 +147,7 @@ def check_args(args: Args, obs_space, act_space):
     damping = args.cg_damping
     tol = args.cg_tol
     lam = args.gae_lambda
+    npg = args.npg_step
     flat = isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
     check(flat, f"needs flat Box observations (an MLP's input); {env} has {obs_space}")
     known = isinstance(act_space, (gym.spaces.Discrete, gym.spaces.Box))
@@ -162,6 +168,7 @@ def check_args(args: Args, obs_space, act_space):
     check(0 < kappa < 1, f"--backtrack-coef {kappa} must lie in (0, 1)")
     check(0 <= damping < math.inf, f"--cg-damping {damping} must be >= 0 and finite")
     check(0 <= tol < math.inf, f"--cg-tol {tol} must be >= 0 and finite")
+    check(0 <= npg < math.inf, f"--npg-step {npg} must be >= 0 and finite")
 
 
 # ── The estimators and the trust-region step, in the order the lecture derives them ──
@@ -263,9 +270,22 @@ def line_search(params, full_step, objectives, surrogate_old, max_kl, coef, iter
     return False, iters, surrogate_old, torch.zeros(())
 
 
+def natural_gradient_step(params, full_step, objectives):
+    """θ = θ_old + full_step, full_step = α x ≈ α F⁻¹g: the natural gradient with a
+    fixed step α (Guberina's RL notes, eq. 1.64-1.67), taken whatever L and KL̄ then
+    are: no line search, and KL̄ may exceed δ. objectives() gives (L, KL̄) at θ.
+    Returns (accepted, steps tried, L, KL̄) as line_search does."""
+    theta_old = parameters_to_vector(params).detach()
+    with torch.no_grad():
+        vector_to_parameters(theta_old + full_step, params)
+        surr, kl = objectives()
+    return True, 1, surr, kl
+
+
 def trpo_update(agent: "Agent", obs, actions, advantages, args: Args) -> dict:
     """One natural-gradient step of π_θ on a fixed batch, inside the trust region
-    KL̄ ≤ δ. Returns diagnostics as tensors: their .item() waits for run.due()."""
+    KL̄ ≤ δ (or of fixed size α, --npg-step). Returns diagnostics as tensors: their
+    .item() waits for run.due()."""
     max_kl = args.max_kl
     # θ: the actor and log σ, not the critic
     named = agent.named_parameters()
@@ -280,8 +300,10 @@ def trpo_update(agent: "Agent", obs, actions, advantages, args: Args) -> dict:
         logp_old, _ = agent.logp_entropy(obs, actions)
 
     def objectives():
-        """L(θ) and KL̄(θ) = Ê[KL(π_old‖π_θ)(s_t)] at the current θ. The paper's
-        direction; CSCI 1470 (Ewing)'s TRPO slide writes KL(π_new‖π_old) ≤ Δ."""
+        """L(θ) and KL̄(θ) = Ê[KL(π_old‖π_θ)(s_t)] at the current θ: the paper's
+        direction, and CSCI 1470 (Ewing)'s second deck's; its day-31 deck ("Trust
+        Region Policy Optimization") writes KL(π_new‖π_old) ≤ Δ, and Guberina's RL
+        notes, eq. 1.66, D_KL(π_θ′‖π_θ) with θ′ the new policy."""
         logp, _ = agent.logp_entropy(obs, actions)
         kl = kl_fn(*dist_old, *agent(obs)).mean()
         return surrogate(logp, logp_old, advantages), kl
@@ -293,15 +315,23 @@ def trpo_update(agent: "Agent", obs, actions, advantages, args: Args) -> dict:
     Fvp = fisher_vector_product(kl, params, args.cg_damping)
     # the natural-gradient direction x ≈ F⁻¹ g
     x, residual = conjugate_gradient(Fvp, g, args.cg_iters, args.cg_tol)
-    # s = √(2δ / xᵀFx) puts the quadratic model KL̄ ≈ ½ (sx)ᵀF(sx) at δ
-    step_scale = torch.sqrt(2 * max_kl / (x @ Fvp(x)))
-    full_step = step_scale * x
     surr_old = surr_old.detach()
-    kappa = args.backtrack_coef
-    iters = args.backtrack_iters
-    accepted, steps, surr, kl = line_search(
-        params, full_step, objectives, surr_old, max_kl, kappa, iters
-    )
+    if args.npg_step > 0:
+        # the natural gradient: θ = θ_old + α x, α fixed (--npg-step)
+        step_scale = torch.tensor(args.npg_step, dtype=x.dtype, device=x.device)
+        full_step = step_scale * x
+        result = natural_gradient_step(params, full_step, objectives)
+    else:
+        # s = √(2δ / xᵀFx) puts the quadratic model KL̄ ≈ ½ (sx)ᵀF(sx) at δ: the
+        # natural gradient's α, solved from δ (xᵀFx = gᵀF⁻¹g for x = F⁻¹g)
+        step_scale = torch.sqrt(2 * max_kl / (x @ Fvp(x)))
+        full_step = step_scale * x
+        kappa = args.backtrack_coef
+        iters = args.backtrack_iters
+        result = line_search(
+            params, full_step, objectives, surr_old, max_kl, kappa, iters
+        )
+    accepted, steps, surr, kl = result
     return {
         "kl": kl,
         "surrogate_improvement": surr - surr_old,

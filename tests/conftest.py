@@ -119,6 +119,8 @@ CASES = {
             ["--cg-damping", "nan"],
             ["--backtrack-coef", "1"],
             ["--vf-minibatches", "3"],
+            ["--npg-step", "-1"],
+            ["--npg-step", "inf"],
         ],
     ),
     "grpo_bandit.py": dict(

@@ -100,3 +100,23 @@ def test_faults_ctrl_c_in_evaluation_keeps_the_finished_model(script, tmp_path):
     assert "eval/episodic_return" not in out
     ckpt = torch.load(model)
     assert not ckpt["interrupted"] and ckpt["step"] > 0
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        ("ppo.py", CASES["ppo.py"]["tiny"] + ["--capture-video"]),
+        ("ddpg.py", ["--env-id", "HalfCheetah-v5", "--total-timesteps", "200"]),
+    ],
+)
+def test_faults_a_run_that_works_is_quiet(script, argv, tmp_path):
+    """No third-party noise: pygame's complaint about a missing display when frames are
+    rendered off-screen, MuJoCo's warning about gymnasium's HalfCheetah model (once per
+    env), and MuJoCo's MUJOCO_LOG.TXT in the working folder."""
+    if script == "ddpg.py":
+        argv = argv + ["--learning-starts", "100", "--eval-episodes", "3"]
+    proc = start(script, argv, tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and err == "", err[-2000:]
+    assert out.startswith("eval/episodic_return"), out
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]

@@ -1,9 +1,11 @@
-"""reinforce.py: the lecture's 3-armed bandit (one pull, and its five-pull trajectory)
-and the score-function gradient through the script's own functions, reward-to-go and
-both discountings against direct sums, baselines that lower the variance of the
-gradient estimate and keep its mean, episode handling on a scripted env, end-to-end
-runs, the CartPole threshold with fixed seeds."""
+"""reinforce.py: the 3-armed bandit of CSCI 1470 (Ewing, day 31; its one-pull gradient,
+and our sum over its five pulls) and the score-function gradient through the script's
+own functions, reward-to-go and both discountings against direct sums, the per-step
+mean baseline by hand, baselines that lower the variance of the gradient estimate and
+keep its mean, episode handling on a scripted env, end-to-end runs, the CartPole
+threshold with fixed seeds."""
 
+import math
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -27,7 +29,8 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# the lecture's softmax bandit: logits θ of its 3 arms
+# the softmax bandit of CSCI 1470 (Ewing, day 31, "Policy Gradient on Multi-Arm
+# Bandits"): logits θ of its 3 arms
 THETA = torch.tensor([1.0, -1.0, 0.0])
 PROBS = THETA.softmax(-1)
 
@@ -67,37 +70,45 @@ def test_reinforce_lecture_bandit_gradient():
     torch.testing.assert_close(gradient, by_lecture, atol=0.02, rtol=0)
 
 
-# The lecture's five pulls of the same bandit. Its result, Σ_t r_t ∇ log π(a_t) =
-# (1.013, −1.810, 0.797), fixes each arm's total reward: arm 1 (index 0) 7, arm 2 −1,
-# arm 3 3 (the only totals on a grid of 0.25 in −15..15 that give them; a search over
-# all 3^5 arm sequences with rewards in −3..3 finds arm 1 pulled three times, 1+3+3 or
-# 2+2+3, and arms 2 and 3 once each). The order and that split are not recoverable from
-# its numbers and, with γ = 0, do not change them: this is one such trajectory.
-FIVE_PULLS = [(0, 3), (1, -1), (0, 2), (2, 3), (0, 2)]
+# The deck's five pulls of the same bandit (CSCI 1470, Ewing, day 31, "Policy Gradient
+# on Multi-Arm Bandits"): τ = (a1, 3), (a2, −1), (a3, 2), (a1, 4), (a3, 1), arm k at
+# index k − 1. The deck computes only the first pull's gradient (the test above); the
+# sum over all five is our own computation.
+FIVE_PULLS = [(0, 3), (1, -1), (2, 2), (0, 4), (2, 1)]
 
 
 def test_reinforce_lecture_five_pulls_gradient():
-    # The lecture treats the pulls as independent one-step episodes: γ = 0, so G_t = r_t
-    # and the estimate is Σ_t r_t ∇ log π(a_t), recomputed here with the analytic score
-    # e_a − π
-    by_hand = sum(r * score(a) for a, r in FIVE_PULLS)
+    # By hand: π = e^θ / Σ e^θ with θ = (1, −1, 0), and with γ = 0 (G_t = r_t) the
+    # estimate Σ_t r_t (e_{a_t} − π) = (Σ_t r_t e_{a_t}) − (Σ_t r_t) π: per arm, the
+    # rewards 3 + 4 = 7, −1 and 2 + 1 = 3, in all 9
+    z = sum(math.exp(v) for v in (1.0, -1.0, 0.0))
+    pi = [math.exp(v) / z for v in (1.0, -1.0, 0.0)]
+    by_hand = torch.tensor([7.0, -1.0, 3.0]) - 9.0 * torch.tensor(pi)
     assert (by_hand * 1000).round().tolist() == [1013, -1810, 797]
+    # by autograd on Σ_t r_t log π(a_t), without the script's functions
+    theta = THETA.clone().requires_grad_()
+    sum(r * theta.log_softmax(-1)[a] for a, r in FIVE_PULLS).backward()
+    torch.testing.assert_close(theta.grad, by_hand)
+    # through the script's functions, one five-step episode with γ = 0; any order
     torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.0), by_hand)
-    # any order
     torch.testing.assert_close(bandit_gradient(FIVE_PULLS[::-1], gamma=0.0), by_hand)
     # as five separate one-step episodes (where γ plays no part) the script averages
     # over them: the sum / N, N = 5
     as_episodes = bandit_gradient(FIVE_PULLS, gamma=0.9, episodes=5)
     torch.testing.assert_close(as_episodes, by_hand / 5)
-    # γ > 0 on one five-step episode: the reward-to-go G_t = Σ_{t'≥t} γ^{t'−t} r_{t'}
-    # mixes the later pulls' rewards into each term, so the estimate changes, and
-    # depends on the order of the pulls
-    rewards = [r for _, r in FIVE_PULLS]
-    mixed = sum(
-        discounted_sum(rewards, 0.9, t, t) * score(a)
-        for t, (a, _) in enumerate(FIVE_PULLS)
-    )
+    # γ = 0.9 on one five-step episode, in the deck's order: by hand the reward-to-go
+    # G_4 = 1, G_3 = 4 + 0.9 = 4.9, G_2 = 2 + 0.9 · 4.9 = 6.41,
+    # G_1 = −1 + 0.9 · 6.41 = 4.769, G_0 = 3 + 0.9 · 4.769 = 7.2921
+    returns = [7.2921, 4.769, 6.41, 4.9, 1.0]
+    rewards = torch.tensor([[float(r)] for _, r in FIVE_PULLS])
+    by_script = reinforce.reward_to_go(rewards, 0.9).squeeze(1)
+    torch.testing.assert_close(by_script, torch.tensor(returns))
+    # Σ_t G_t (e_{a_t} − π): arm 1 G_0 + G_3, arm 2 G_1, arm 3 G_2 + G_4, minus ΣG π
+    per_arm = torch.tensor([7.2921 + 4.9, 4.769, 6.41 + 1.0])
+    mixed = per_arm - sum(returns) * torch.tensor(pi)
     torch.testing.assert_close(bandit_gradient(FIVE_PULLS, gamma=0.9), mixed)
+    # the later pulls' rewards enter each term, so the estimate changes, and depends
+    # on the order of the pulls
     assert (mixed - by_hand).abs().max() > 1
     assert (bandit_gradient(FIVE_PULLS[::-1], 0.9) - mixed).abs().max() > 1
 
@@ -194,6 +205,42 @@ def test_reinforce_normalized_weights_are_scaled_not_centred():
     torch.testing.assert_close(weights, returns * alive / returns[alive].std())
 
 
+def test_reinforce_time_mean_baseline_by_hand():
+    # Guberina's RL notes, eq. 1.71: b_t = (1/N) Σ_i Q̂_{i,t}, the mean reward-to-go at
+    # step t. t counts the steps since each episode's start (every episode of a batch
+    # starts at row 0), and the mean runs over the episodes that reach step t.
+    # Three episodes of lengths 4, 2 and 1, zero-padded, γ = 0.5:
+    rewards = torch.tensor([[1.0, 5, 7], [2, 6, 0], [3, 0, 0], [4, 0, 0]])
+    alive = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]], dtype=torch.bool)
+    returns = reinforce.reward_to_go(rewards, 0.5)
+    # G by hand: episode 0: G_3 = 4, G_2 = 3 + 2 = 5, G_1 = 2 + 2.5 = 4.5,
+    # G_0 = 1 + 2.25 = 3.25; episode 1: G_1 = 6, G_0 = 5 + 3 = 8; episode 2: G_0 = 7
+    expected_returns = [[3.25, 8, 7], [4.5, 6, 0], [5, 0, 0], [4, 0, 0]]
+    torch.testing.assert_close(returns, torch.tensor(expected_returns))
+    b = reinforce.baseline_values("time-mean", returns, None, alive)
+    # b_0 over all three, b_1 over the two that reach t = 1, then episode 0 alone
+    by_hand = torch.tensor([[(3.25 + 8 + 7) / 3], [(4.5 + 6) / 2], [5.0], [4.0]])
+    torch.testing.assert_close(b, by_hand)
+    weights = reinforce.pg_weights(returns, b, alive, 0.5, False, False)
+    torch.testing.assert_close(weights, (returns - by_hand) * alive)
+    # Ψ_t sums to 0 over the episodes at each step, and where one episode alone
+    # reaches t its weight is 0
+    torch.testing.assert_close(weights.sum(1), torch.zeros(4))
+    assert (weights[2:] == 0).all()
+    # --baseline mean subtracts one number for all steps: (Σ G over the 7 steps) / 7
+    b_mean = reinforce.baseline_values("mean", returns, None, alive)
+    torch.testing.assert_close(b_mean, torch.tensor(37.75 / 7))
+
+
+def test_reinforce_time_mean_baseline_trains(tmp_path):
+    argv = ["--baseline", "time-mean", "--total-timesteps", "200"]
+    argv += ["--num-envs", "4", "--eval-episodes", "0"]
+    argv += ["--log-dir", str(tmp_path), "--device", "cpu"]
+    result = train_cli("reinforce.py", argv)
+    tags = read_scalars(result["run_dir"])
+    assert "losses/policy_loss" in tags and "losses/value_loss" not in tags
+
+
 def collect(agent, env_id, n, seed, run=None):
     """One batch of n episodes, with a stand-in for the Run that counts steps and keeps
     what would be logged."""
@@ -276,7 +323,7 @@ def baseline_gradients():
     with torch.no_grad():
         values = agent.value(obs)
     grads = {}
-    for kind in ("none", "mean", "value"):
+    for kind in ("none", "mean", "time-mean", "value"):
         b = reinforce.baseline_values(kind, returns, values, alive)
         weights = reinforce.pg_weights(
             returns, b, alive, 0.99, weight_by_gamma_t=False, normalize=False
@@ -291,12 +338,13 @@ def variance(grads):
 
 
 def test_reinforce_baselines_lower_variance_and_keep_the_mean(baseline_gradients):
-    # calibrated on seeds 0-5: Var(mean)/Var(none) 0.47-0.55, Var(value)/Var(none)
-    # 0.32-0.54, mean differences at most 0.52 of the 3-standard-error bound
+    # calibrated on seeds 0-5: Var(mean)/Var(none) 0.47-0.55, Var(time-mean)/Var(none)
+    # 0.46-0.51, Var(value)/Var(none) 0.32-0.54, mean differences at most 0.52 of the
+    # 3-standard-error bound
     grads = baseline_gradients
-    assert variance(grads["mean"]) < 0.7 * variance(grads["none"])
-    assert variance(grads["value"]) < 0.7 * variance(grads["none"])
-    for kind in ("mean", "value"):
+    for kind in ("mean", "time-mean", "value"):
+        assert variance(grads[kind]) < 0.7 * variance(grads["none"]), kind
+    for kind in ("mean", "time-mean", "value"):
         # the means differ by the batch average of −Σ_t ∇ log π(a_t|s_t) b(s_t), which
         # has expectation 0: the difference must be within 3 standard errors of 0
         diff = grads[kind] - grads["none"]
@@ -305,8 +353,9 @@ def test_reinforce_baselines_lower_variance_and_keep_the_mean(baseline_gradients
 
 
 def test_reinforce_lecture_learned_baseline_variance_ratio(baseline_gradients):
-    # The lecture's exercise: the variance of the gradient estimate with and without a
-    # learned baseline V(s), on one fixed batch. Measured: 0.3245 (reinforce.py's
+    # The exercise of CSCI 1470 (Ewing, day 31, "RL Conceptual Question Hints"): the
+    # variance of the gradient estimate with and without a learned baseline V(s), here
+    # on one fixed batch (the ratio is ours). Measured: 0.3245 (reinforce.py's
     # docstring quotes 0.32); over seeds 0-5 it is 0.32-0.54.
     none = variance(baseline_gradients["none"])
     ratio = variance(baseline_gradients["value"]) / none

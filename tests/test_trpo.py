@@ -1,7 +1,10 @@
 """trpo.py: conjugate gradient, the Fisher-vector product and the KL in closed form
 against dense linear algebra and torch.distributions; one trust-region step on a fixed
-batch; episode endings on a scripted env; end-to-end runs with a saved model; learning
-thresholds with fixed seeds."""
+batch, its first step as the natural gradient with α = √(2δ / gᵀF⁻¹g), and --npg-step's
+fixed step α F⁻¹g; episode endings on a scripted env; end-to-end runs with a saved
+model; learning thresholds with fixed seeds."""
+
+import copy
 
 import gymnasium as gym
 import numpy as np
@@ -134,41 +137,59 @@ def test_trpo_fisher_vector_product_is_hessian_of_mean_kl(kind):
         torch.testing.assert_close(hessian, fisher)
 
 
-@pytest.mark.parametrize("kind", SPACES)
-def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
-    policy, obs, actions = tiny_policy(kind, batch=64)
-    generator = torch.Generator().manual_seed(1)
-    advantages = torch.randn(64, dtype=torch.float64, generator=generator)
-    params = theta(policy)
-    max_kl = 0.01
-    damping = 0.1
-    theta_old = parameters_to_vector(params).detach()
+def dense_natural_gradient(kind, policy, obs, actions, advantages, damping):
+    """The natural-gradient direction in dense linear algebra, at the policy's current
+    θ_old: g = ∇L(θ_old) by autograd through torch.distributions, the dense Fisher
+    matrix F = ∇²KL̄(θ_old) by autograd, x = (F + damping·I)⁻¹ g by torch.linalg.solve.
+    Returns (θ_old, F + damping·I, x, L), L(θ) the surrogate as a function of a flat
+    θ."""
+    theta_old = parameters_to_vector(theta(policy)).detach()
     with torch.no_grad():
         dist_old = policy(obs)
     old = as_distribution(kind, dist_old)
-    # the same step in dense linear algebra: x = (H + damping·I)⁻¹ g, step scale
-    # √(2δ / xᵀ(H + damping·I)x)
 
     def surrogate(theta_vector):
         """L(θ) = Ê[r_t(θ) Â_t], through torch.distributions."""
         dist = as_distribution(kind, call_with(policy, theta_vector, obs))
         log_ratio = dist.log_prob(actions) - old.log_prob(actions)
         # a Gaussian's dimensions: summed
-        return (log_ratio.view(64, -1).sum(-1).exp() * advantages).mean()
+        return (log_ratio.view(len(obs), -1).sum(-1).exp() * advantages).mean()
 
     g = torch.autograd.functional.jacobian(surrogate, theta_old)
-    hessian = kl_hessian(kind, policy, obs, dist_old, theta_old)
-    damped = hessian + damping * torch.eye(len(theta_old), dtype=torch.float64)
+    fisher = kl_hessian(kind, policy, obs, dist_old, theta_old)
+    damped = fisher + damping * torch.eye(len(theta_old), dtype=torch.float64)
     x = torch.linalg.solve(damped, g)
+    return theta_old, damped, x, surrogate
+
+
+def step_problem(kind):
+    """A tiny float64 policy, a batch of 64 of its own actions and fixed advantages."""
+    policy, obs, actions = tiny_policy(kind, batch=64)
+    generator = torch.Generator().manual_seed(1)
+    advantages = torch.randn(64, dtype=torch.float64, generator=generator)
+    return policy, obs, actions, advantages
+
+
+def exact_cg_args(n: int, **kwargs) -> "trpo.Args":
+    """Args whose conjugate gradient runs to the exact solve (n iterations, no early
+    stop), damping 0.1."""
+    return trpo.Args(cg_damping=0.1, cg_iters=n, cg_tol=1e-12, **kwargs)
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
+    policy, obs, actions, advantages = step_problem(kind)
+    params = theta(policy)
+    max_kl = 0.01
+    old = as_distribution(kind, policy(obs))
+    # the same step in dense linear algebra: x = (H + damping·I)⁻¹ g, step scale
+    # √(2δ / xᵀ(H + damping·I)x)
+    problem = dense_natural_gradient(kind, policy, obs, actions, advantages, 0.1)
+    theta_old, damped, x, surrogate = problem
     step_scale = torch.sqrt(2 * max_kl / (x @ damped @ x))
 
-    args = trpo.Args(
-        max_kl=max_kl,
-        cg_damping=damping,
-        cg_iters=len(theta_old),
-        cg_tol=1e-12,
-        backtrack_coef=0.8,
-        backtrack_iters=10,
+    args = exact_cg_args(
+        len(theta_old), max_kl=max_kl, backtrack_coef=0.8, backtrack_iters=10
     )
     diagnostics = trpo.trpo_update(policy, obs, actions, advantages, args)
     stats = {name: float(value) for name, value in diagnostics.items()}
@@ -184,6 +205,67 @@ def test_trpo_update_is_the_natural_gradient_step_inside_the_trust_region(kind):
     improvement = (surrogate(theta_new) - surrogate(theta_old)).item()
     assert improvement > 0
     assert improvement == pytest.approx(stats["surrogate_improvement"])
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_trpo_first_step_is_the_natural_gradient_step_with_alpha_from_delta(
+    kind, monkeypatch
+):
+    # Guberina's RL notes, eq. 1.64-1.67: the natural gradient picks a step size α,
+    # TRPO a radius δ and solves for the step; the quadratic model ½ (αx)ᵀF(αx) = δ
+    # with x = F⁻¹g gives α = √(2δ / gᵀF⁻¹g) (F with the script's damping throughout)
+    policy, obs, actions, advantages = step_problem(kind)
+    npg_policy = copy.deepcopy(policy)
+    max_kl = 0.01
+    problem = dense_natural_gradient(kind, policy, obs, actions, advantages, 0.1)
+    theta_old, damped, x, _ = problem
+    g = damped @ x
+    alpha = torch.sqrt(2 * max_kl / (g @ torch.linalg.solve(damped, g)))
+    # TRPO's first, full step: the one the line search starts from (κ^0)
+    full_steps = []
+    line_search = trpo.line_search
+
+    def spy(params, full_step, *rest):
+        full_steps.append(full_step.clone())
+        return line_search(params, full_step, *rest)
+
+    monkeypatch.setattr(trpo, "line_search", spy)
+    n = len(theta_old)
+    trpo.trpo_update(policy, obs, actions, advantages, exact_cg_args(n, max_kl=max_kl))
+    assert len(full_steps) == 1
+    torch.testing.assert_close(full_steps[0], alpha * x)
+    # --npg-step α from the same θ_old moves θ by exactly that step
+    args = exact_cg_args(n, max_kl=max_kl, npg_step=alpha.item())
+    stats = trpo.trpo_update(npg_policy, obs, actions, advantages, args)
+    assert len(full_steps) == 1  # no line search
+    theta_npg = parameters_to_vector(theta(npg_policy)).detach()
+    torch.testing.assert_close(theta_npg - theta_old, full_steps[0])
+    assert float(stats["step_scale"]) == pytest.approx(alpha.item())
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_trpo_npg_step_moves_theta_by_alpha_times_natural_gradient(kind):
+    policy, obs, actions, advantages = step_problem(kind)
+    old = as_distribution(kind, policy(obs))
+    problem = dense_natural_gradient(kind, policy, obs, actions, advantages, 0.1)
+    theta_old, damped, x, surrogate = problem
+    # α three times the step that δ = 1e-4 allows: the quadratic model puts KL̄ at 9δ,
+    # and with no KL check the step is taken all the same
+    max_kl = 1e-4
+    alpha = 3 * torch.sqrt(2 * max_kl / (x @ damped @ x)).item()
+    args = exact_cg_args(len(theta_old), max_kl=max_kl, npg_step=alpha)
+    stats = trpo.trpo_update(policy, obs, actions, advantages, args)
+    stats = {name: float(value) for name, value in stats.items()}
+    theta_new = parameters_to_vector(theta(policy)).detach()
+    # θ ← θ + α F⁻¹g, F⁻¹g by the dense solve
+    torch.testing.assert_close(theta_new - theta_old, alpha * x)
+    new = as_distribution(kind, policy(obs))
+    kl_new = kl_divergence(old, new).view(64, -1).sum(-1).mean().item()
+    assert kl_new > max_kl
+    assert stats["kl"] == pytest.approx(kl_new)
+    assert stats["line_search_accepted"] == 1.0 and stats["line_search_steps"] == 1
+    improvement = (surrogate(theta_new) - surrogate(theta_old)).item()
+    assert stats["surrogate_improvement"] == pytest.approx(improvement)
 
 
 @pytest.mark.parametrize("why", ["kl_above_tiny_delta", "surrogate_not_improved"])
