@@ -263,7 +263,7 @@ class RewardScale:
     def __call__(self, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
         self.discounted = self.discounted * self.gamma + reward
         self.rms.update(self.discounted)
-        self.discounted[done] = 0.0
+        self.discounted.masked_fill_(done, 0.0)
         return (reward / (self.rms.var + 1e-8).sqrt()).clamp(-10, 10)
 
 

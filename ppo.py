@@ -265,7 +265,7 @@ class RewardScale:
     def __call__(self, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
         self.discounted = self.discounted * self.gamma + reward
         self.rms.update(self.discounted)
-        self.discounted[done] = 0.0
+        self.discounted.masked_fill_(done, 0.0)
         return (reward / (self.rms.var + 1e-8).sqrt()).clamp(-10, 10)
 
 
@@ -442,7 +442,8 @@ def collect_rollout(envs, agent: Agent, buf: Rollout, next_obs, reward_scale, ru
         run.log_episodes(info)
         next_obs = torch.as_tensor(raw_obs, dtype=torch.float32, device=device)
         done = torch.as_tensor(terminated | truncated, device=device)
-        reward = torch.as_tensor(reward, device=device)
+        # float32: the env's rewards are float64, which MPS cannot hold
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
         if reward_scale is not None:
             reward = reward_scale(reward, done)
         buf.rewards[t] = reward

@@ -438,7 +438,8 @@ def train(args: Args) -> dict:
     if args.autotune:
         log_alpha = torch.tensor(0.0, device=device, requires_grad=True)
     else:
-        log_alpha = torch.tensor(np.log(args.alpha), device=device)
+        # math.log: a Python float, so float32 (MPS has no float64)
+        log_alpha = torch.tensor(math.log(args.alpha), device=device)
     alpha = log_alpha.exp().detach()
     # one Adam with a parameter group each for θ and log α steps both, as two optimizers
     # would (log α keeps its gradient None without --autotune)

@@ -267,7 +267,7 @@ def line_search(params, full_step, objectives, surrogate_old, max_kl, coef, iter
             if kl <= max_kl and surr > surrogate_old:
                 return True, j + 1, surr, kl
         vector_to_parameters(theta_old, params)
-    return False, iters, surrogate_old, torch.zeros(())
+    return False, iters, surrogate_old, torch.zeros_like(surrogate_old)
 
 
 def natural_gradient_step(params, full_step, objectives):
@@ -492,7 +492,7 @@ class RewardScale:
     def __call__(self, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
         self.discounted = self.discounted * self.gamma + reward
         self.rms.update(self.discounted)
-        self.discounted[done] = 0.0
+        self.discounted.masked_fill_(done, 0.0)
         return (reward / (self.rms.var + 1e-8).sqrt()).clamp(-10, 10)
 
 
@@ -566,12 +566,13 @@ def collect_rollout(envs, agent, buf: Rollout, next_obs, reward_scale, run):
         run.step += envs.num_envs
         run.log_episodes(info)
         next_obs = torch.as_tensor(raw_obs, dtype=torch.float32, device=device)
-        done = torch.as_tensor(terminated | truncated)
-        reward = torch.as_tensor(reward, device=device)
+        done = torch.as_tensor(terminated | truncated, device=device)
+        # float32: the env's rewards are float64, which MPS cannot hold
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
         if reward_scale is not None:
             reward = reward_scale(reward, done)
         buf.rewards[t] = reward
-        buf.terminations[t] = torch.as_tensor(terminated)
+        buf.terminations[t] = torch.as_tensor(terminated, device=device)
         buf.dones[t] = done
         # a time limit is not a terminal state: bootstrap from V(true last observation)
         if truncated.any():

@@ -2,6 +2,7 @@
 determinism, running alone, and identical copies of the blocks that are shared."""
 
 import ast
+import functools
 import math
 import os
 import re
@@ -13,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from conftest import (
     CASES,
@@ -310,6 +312,97 @@ def test_contract_evaluation_always_ends():
     pendulum = ppo.Args(env_id="Pendulum-v1", eval_episodes=2)
     with pytest.raises(FloatingPointError):
         ppo.evaluate(lambda obs: np.full((len(obs), 1), np.nan), pendulum, None)
+
+
+# Where the env's numpy data meets the device (script: its functions and Class.methods):
+# each tensor made there must be made on the device it meets (device=...), or a GPU run
+# mixes devices. A CPU run cannot tell, so the test runs these with torch's default
+# device set to "meta": a tensor made without device= is a meta tensor, which holds no
+# data, and the step fails. (tests/test_device.py runs them on a real GPU.)
+ENV_MEETS_DEVICE = {
+    "ppo.py": ["collect_rollout", "estimate", "Agent.act"],
+    "trpo.py": ["collect_rollout", "estimate", "Agent.act"],
+    "a2c.py": ["collect_rollout", "estimate", "Agent.act"],
+    "reinforce.py": ["run_episodes", "estimate", "Agent.act"],
+    "dqn.py": ["ReplayBuffer.sample", "QNetwork.act"],
+    "ddpg.py": ["ReplayBuffer.sample", "explore", "Actor.act"],
+    "sac_continuous.py": ["ReplayBuffer.sample", "update_critics", "Actor.act"],
+    "grpo_bandit.py": ["collect", "policy_stats", "Policy.act"],
+}
+
+
+def on_meta_default_device(owner, name: str):
+    """Replace owner.name (a module's function or a class's method) by a copy that runs
+    with torch's default device set to "meta"."""
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.device("meta"):
+            return fn(*args, **kwargs)
+
+    setattr(owner, name, wrapped)
+
+
+# the tiny runs, and a Box env's with --normalize, whose running statistics and reward
+# scale ppo.py and trpo.py keep on the device (a2c.py: its reward scale on the CPU)
+DEVICE_CASES = [
+    pytest.param(script, CASES[script]["tiny"], id=script) for script in PRESENT
+]
+NORMALIZE = ["--env-id", "Pendulum-v1", "--normalize", "--total-timesteps", "256"]
+NORMALIZE += ["--num-envs", "1", "--num-steps", "64", "--eval-episodes", "1"]
+for script in ["ppo.py", "trpo.py"]:
+    if script in PRESENT:
+        DEVICE_CASES.append(pytest.param(script, NORMALIZE, id=f"{script}-normalize"))
+
+
+@pytest.mark.parametrize("script, argv", DEVICE_CASES)
+def test_contract_tensors_made_from_env_data_follow_the_device(script, argv, tmp_path):
+    module = load(script)
+    for path in ENV_MEETS_DEVICE[script]:
+        *cls, name = path.split(".")
+        owner = module
+        if cls:
+            owner = getattr(module, cls[0])
+        on_meta_default_device(owner, name)
+    argv = argv + ["--log-dir", str(tmp_path), "--device", "cpu"]
+    result = train_cli(module, argv)
+    assert math.isfinite(result["eval_return"])
+
+
+class Float64Finder(TorchFunctionMode):
+    """Records the torch functions and methods that return a float64 tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dtype == torch.float64:
+            self.found.add(getattr(func, "__name__", str(func)))
+        return out
+
+
+# the tiny runs, and sac's fixed temperature (its log α is made apart from --autotune's)
+FLOAT64_CASES = [pytest.param(script, [], id=script) for script in PRESENT]
+if "sac_continuous.py" in PRESENT:
+    case = pytest.param("sac_continuous.py", ["--no-autotune"], id="sac-no-autotune")
+    FLOAT64_CASES.append(case)
+
+
+@pytest.mark.parametrize("script, extra", FLOAT64_CASES)
+def test_contract_tiny_runs_make_no_float64_tensor(script, extra, tmp_path):
+    """Apple's MPS has no float64: a float64 tensor on it (torch.as_tensor of the env's
+    float64 rewards, torch.tensor of a numpy float64) stops the run with a TypeError.
+    A CPU run shows where one is made. (--normalize's running statistics are float64
+    by choice, and not covered here.)"""
+    module = load(script)
+    argv = CASES[script]["tiny"] + extra + ["--log-dir", str(tmp_path)]
+    with Float64Finder() as finder:
+        result = train_cli(module, argv + ["--device", "cpu"])
+    assert not finder.found, f"float64 tensors from {sorted(finder.found)}"
+    assert math.isfinite(result["eval_return"])
 
 
 def test_contract_run_output_ends_its_lines_and_says_where(

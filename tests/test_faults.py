@@ -14,9 +14,10 @@ import torch
 
 from conftest import CASES, ONE_THREAD, PRESENT, ROOT
 
-# The longest a script may take from the signal to its exit. Saving the model and
-# closing the TensorBoard writer take ~0.1 s; the rest is a loaded CI machine's slack.
-STOP_SECONDS = 3.0
+# The longest a script may take from the signal to its exit: ~1 s on an idle 2-core
+# machine (saving, closing the writer, the interpreter's exit); 3-5 s were seen with
+# the machine's two cores shared by five processes.
+STOP_SECONDS = 6.0
 # The scripts with gym envs (grpo_bandit.py evaluates in one batched pull)
 GYM_SCRIPTS = [script for script in PRESENT if script != "grpo_bandit.py"]
 
@@ -42,6 +43,19 @@ def interrupt(proc: subprocess.Popen) -> tuple[str, str, float]:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     return out, err, time.time() - sent
+
+
+def interrupt_saved_run(proc: subprocess.Popen, tmp_path) -> tuple[str, str, dict]:
+    """SIGINT to a run with --save-model: it stops in time, without a traceback, with
+    one line naming its model. Returns (stdout, that line, the saved checkpoint)."""
+    out, err, seconds = interrupt(proc)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert seconds < STOP_SECONDS, f"{seconds:.1f} s to stop"
+    (model,) = (tmp_path / "runs").glob("*/*.pt")
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted at step"), err
+    assert str(model.relative_to(tmp_path)) in lines[0], lines[0]
+    return out, lines[0], torch.load(model)
 
 
 @pytest.mark.parametrize("script", PRESENT)
@@ -71,14 +85,8 @@ def test_faults_ctrl_c_in_training_saves_an_interrupted_model(script, argv, tmp_
     proc = start(script, argv + ["--save-model"], tmp_path)
     wait_for((tmp_path / "runs", "*/events.out.tfevents.*"))
     time.sleep(2.0)  # well inside the training loop
-    out, err, seconds = interrupt(proc)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert seconds < STOP_SECONDS, f"{seconds:.1f} s to stop"
-    (model,) = (tmp_path / "runs").glob("*/*.pt")
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("interrupted at step"), err
-    assert str(model.relative_to(tmp_path)) in lines[0] and "(interrupted)" in lines[0]
-    ckpt = torch.load(model)
+    out, line, ckpt = interrupt_saved_run(proc, tmp_path)
+    assert "(interrupted)" in line
     assert ckpt["interrupted"] and ckpt["step"] > 0 and ckpt["script"] == script
 
 
@@ -90,15 +98,9 @@ def test_faults_ctrl_c_in_evaluation_keeps_the_finished_model(script, tmp_path):
     argv = CASES[script]["tiny"] + ["--eval-episodes", "300", "--capture-video"]
     proc = start(script, argv + ["--save-model"], tmp_path)
     wait_for((tmp_path / "runs", "*/videos/env-0"))
-    out, err, seconds = interrupt(proc)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert seconds < STOP_SECONDS, f"{seconds:.1f} s to stop"
-    (model,) = (tmp_path / "runs").glob("*/*.pt")
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("interrupted at step"), err
-    assert "(interrupted)" not in lines[0], lines[0]
+    out, line, ckpt = interrupt_saved_run(proc, tmp_path)
+    assert "(interrupted)" not in line
     assert "eval/episodic_return" not in out
-    ckpt = torch.load(model)
     assert not ckpt["interrupted"] and ckpt["step"] > 0
 
 

@@ -302,6 +302,26 @@ def test_trpo_line_search_rejects_and_restores_parameters(why):
     assert torch.equal(parameters_to_vector(params), theta_old)
 
 
+def test_trpo_rejected_line_search_returns_kl_where_its_inputs_are():
+    """A rejected search returns KL̄ = 0 on the device and in the dtype of L(θ_old), as
+    an accepted one returns KL̄(θ). Run with torch's default device set to "meta", a
+    tensor made without device= is a meta tensor (on a GPU run: a CPU one)."""
+    params = [torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))]
+    surr_old = torch.tensor(1.0, dtype=torch.float64)
+    overshoot = torch.tensor(1.0, dtype=torch.float64)
+
+    def objectives():
+        """L(θ) never improves on L(θ_old), and KL̄(θ) always exceeds δ."""
+        return surr_old, overshoot
+
+    step = torch.ones(3, dtype=torch.float64)
+    with torch.device("meta"):
+        result = trpo.line_search(params, step, objectives, surr_old, 0.01, 0.5, 3)
+    accepted, steps, surr, kl = result
+    assert not accepted and kl.device == surr_old.device and kl.item() == 0.0
+    assert kl.dtype == surr_old.dtype
+
+
 class EndingsEnv(gym.Env):
     """obs = (t, episode number k), reward 1. Even-numbered episodes terminate at t = 3;
     odd ones run into the TimeLimit at t = 4, so a rollout holds both kinds of ending at
