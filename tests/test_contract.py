@@ -5,6 +5,7 @@ import ast
 import functools
 import math
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -250,8 +251,9 @@ def test_contract_eval_model_refuses_files_it_cannot_use(
     (tmp_path / "text").write_bytes(b"101\n")
     torch.save({"weight": torch.zeros(2)}, tmp_path / "state_dict")
     torch.save(torch.zeros(3), tmp_path / "tensor")
+    (tmp_path / "pickle").write_bytes(pickle.dumps({"script": script}))
     torch.save({"script": other, "args": {}, "model": {}}, tmp_path / "other")
-    for name in ["empty", "text", "state_dict", "tensor", "other", "missing"]:
+    for name in ["empty", "text", "state_dict", "tensor", "pickle", "other", "missing"]:
         argv = ["--eval-model", str(tmp_path / name)]
         code, out, err = run_main(module, argv, monkeypatch, capsys)
         lines = err.strip().splitlines()
