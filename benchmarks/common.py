@@ -1,12 +1,16 @@
 """What run.py, report.py and throughput.py share: the repository root, reading a
-run's TensorBoard scalars, and the header every results file carries (command,
-versions, machine)."""
+run's TensorBoard scalars, the header every results file carries (command,
+versions, machine), and refusing bad input in one line (a tyro error, a folder that
+cannot be written)."""
 
+import contextlib
+import io
 import os
 import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -113,3 +117,48 @@ def header(
         f"- Machine: {machine}\n"
         f"- Seeds: {seeds}\n"
     )
+
+
+def cli(cls, argv: list[str], check):
+    """cls from the command line argv, tyro's error box folded into one line for the
+    tool's check(ok, msg); --help prints and exits 0. A --flags value must follow '='
+    (a separate value starting with '-' reads as an option): the line says so."""
+    import tyro
+
+    for name, value in zip(argv, [*argv[1:], None]):
+        if name == "--flags" and (value is None or value.startswith("-")):
+            example = shlex.quote(value or "--total-timesteps 20000")
+            check(False, f"--flags takes one string after '=': --flags={example}")
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(text):  # --help goes to stdout, errors here
+            return tyro.cli(cls, args=argv)
+    except SystemExit:  # tyro's box: title, what is wrong, help, "For full helptext"
+        lines = [line.strip(" │") for line in text.getvalue().splitlines()]
+        msg = " ".join(line for line in lines if line[:1] not in "╭╰─")
+        msg = msg.split(" For full helptext")[0].replace(" Argument helptext:", ";")
+        check(not lines, msg.replace(" Perhaps you meant:", "; did you mean"))
+        raise  # after --help
+
+
+def unwritable(path: str, folder: bool = True) -> str | None:
+    """Why path cannot be written (a folder, or with folder=False a file), or None.
+    Tried by making and removing a folder in the nearest folder that exists, so that a
+    refusal leaves nothing behind."""
+    if not path.strip():
+        return "an empty path; name one"
+    path = os.path.abspath(path)
+    if folder and os.path.lexists(path) and not os.path.isdir(path):
+        return f"{path} is a file, not a folder"
+    if not folder and os.path.isdir(path):
+        return f"{path} is a folder, not a file"
+    existing = path if folder else os.path.dirname(path)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as e:
+        return f"cannot create a folder in {existing}: {e.strerror}"
+    return None

@@ -22,10 +22,14 @@ Curves and the threshold use the trailing mean of the last --window logged train
 returns of each run; the threshold defaults to the env's registered reward_threshold
 (CartPole-v1 475, Acrobot-v1 -100, ...). Standard deviations are over seeds, with
 numpy's default ddof=0.
+
+Bad input (a --window below 1, a missing --log-dir, a folder with no usable runs, an
+--out that cannot be written) stops it with one line and exit code 2, nothing written.
 """
 
 import csv
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,10 +37,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import env_threshold, header, read_scalars  # noqa: E402
+from common import cli, env_threshold, header, read_scalars, unwritable  # noqa: E402
 
 RETURN = "charts/episodic_return"
 EVAL = "eval/episodic_return"
@@ -229,12 +232,13 @@ class RunLog:
 
 def find_runs(log_dir: str, scripts: tuple[str, ...] = ()) -> list[RunLog]:
     """Every run under log_dir (of the exp names in scripts, if given), the newest
-    where the same (env, exp, seed) ran twice; runs that failed are skipped."""
+    where the same (env, exp, seed) ran twice; runs that failed (or whose run.json
+    cannot be read) and runs that logged no scalar are skipped."""
     newest = {}
     for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
         run_dir = events.parent
         parts = run_dir.name.split("__")
-        if len(parts) != 4:
+        if len(parts) != 4 or not (parts[2].isdecimal() and parts[3].isdecimal()):
             continue
         env, exp, seed, stamp = parts
         if scripts and exp not in scripts:
@@ -242,8 +246,11 @@ def find_runs(log_dir: str, scripts: tuple[str, ...] = ()) -> list[RunLog]:
         meta = {}
         record = run_dir.parent / "run.json"
         if record.exists():
-            meta = json.loads(record.read_text())
-            if meta.get("returncode") != 0:
+            try:
+                meta = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(meta, dict) or meta.get("returncode") != 0:
                 continue
         key = (env, exp, int(seed))
         if key not in newest or int(stamp) > newest[key][0]:
@@ -255,6 +262,8 @@ def find_runs(log_dir: str, scripts: tuple[str, ...] = ()) -> list[RunLog]:
         else:
             stem = exp.split("-")[0]
         scalars = read_scalars(run_dir)
+        if not scalars:
+            continue
         wall_time = meta.get("wall_time")
         code = meta.get("code")
         runs.append(
@@ -545,9 +554,23 @@ def reading_guide(args: Args) -> str:
     )
 
 
-def fail(msg: str):
-    print(f"error: benchmarks/report.py: {msg}", file=sys.stderr)
-    sys.exit(2)
+def check(ok, msg: str):
+    """Refuse bad input: one line on stderr, exit code 2, nothing written."""
+    if not ok:
+        print(f"error: benchmarks/report.py: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_args(args: Args):
+    """Refuse settings no report can be made with, before anything is written."""
+    both = args.notes and args.notes_file
+    check(not both, "give --notes or --notes-file, not both")
+    check(1 <= args.window <= 10**6, f"--window {args.window}: use 1 to 1,000,000")
+    for env, threshold in args.thresholds.items():
+        check(math.isfinite(threshold), f"--thresholds {env} {threshold}: not finite")
+    check(os.path.isdir(args.log_dir), f"--log-dir {args.log_dir!r}: no folder there")
+    problem = unwritable(args.out)
+    check(problem is None, f"--out {args.out!r}: {problem}")
 
 
 def notes_moved(argv: list[str], notes_file: str) -> list[str]:
@@ -566,20 +589,23 @@ def notes_moved(argv: list[str], notes_file: str) -> list[str]:
 
 
 def main(args: Args) -> Path:
-    if args.notes and args.notes_file:
-        fail("give --notes or --notes-file, not both")
+    check_args(args)
     notes = args.notes
     if args.notes_file:
         try:
             notes = Path(args.notes_file).read_text()
         except OSError as e:
-            fail(f"cannot read --notes-file {args.notes_file}: {e.strerror}")
+            check(False, f"cannot read --notes-file {args.notes_file}: {e.strerror}")
+        except ValueError:  # not UTF-8
+            check(False, f"--notes-file {args.notes_file} is not UTF-8 text")
     runs = find_runs(args.log_dir, args.scripts)
-    if not runs:
-        only = f" of {', '.join(args.scripts)}" if args.scripts else ""
-        fail(f"no TensorBoard runs{only} under {args.log_dir}")
+    only = f" of {', '.join(args.scripts)}" if args.scripts else ""
+    check(runs, f"no finished TensorBoard runs{only} with scalars under {args.log_dir}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        check(False, f"--out: cannot create {out}: {e.strerror}")
     argv = sys.argv
     if args.notes:
         # the notes go beside the page, so that its command line stays short
@@ -625,4 +651,8 @@ def main(args: Args) -> Path:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(cli(Args, sys.argv[1:], check))
+    except KeyboardInterrupt:
+        print("interrupted: the report in --out may be incomplete", file=sys.stderr)
+        sys.exit(130)

@@ -9,7 +9,7 @@ others go on.
 
   python benchmarks/run.py --suite classic --workers 1
   python benchmarks/run.py --scripts ppo.py a2c.py --env-ids CartPole-v1 \\
-      --seeds 1 2 --flags "--total-timesteps 20000"
+      --seeds 1 2 --flags="--total-timesteps 20000"
   # on an existing Ray cluster:
   python benchmarks/run.py --suite mujoco-short --backend ray --ray-address auto
 
@@ -19,13 +19,22 @@ reads settings from), runs it in a temporary folder on whichever node Ray picks,
 sends its log folder back, so nodes need no shared disk. Then
 `python benchmarks/report.py --log-dir <out>` turns the runs into a CSV, plots and a
 table.
+
+Bad input (a count below 1, a timeout that is not > 0, an unclosed quote in --flags, an
+--out that cannot be written) stops it with one line and exit code 2 before anything
+is written. Ctrl-C stops the runs in flight (each script gets the Ctrl-C and saves what
+it promised), keeps the finished ones for a rerun to skip, and exits with code 130.
 """
 
+import importlib.util
 import io
 import json
+import math
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -36,10 +45,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
 
-import tyro
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, code_state  # noqa: E402
+from common import ROOT, cli, code_state, unwritable  # noqa: E402
 
 # Which action spaces each script handles (from its issue); suites pick scripts by
 # this, among those present.
@@ -123,10 +130,15 @@ def beside_sb3(scripts: tuple[str, ...], flags: Optional[str] = None) -> list[Va
     return variants
 
 
-def rlhf(beta: float, n: int) -> Variant:
-    """grpo_bandit.py on a reward model learned from n preferences, KL leash β."""
+def rlhf(beta: float, n: int, advantage: str = "grpo") -> Variant:
+    """grpo_bandit.py on a reward model learned from n preferences, KL leash β; with
+    advantage ppo, PPO-style RLHF (exp name ppo-b{β}-n{n})."""
     flags = f"--reward preference --num-preferences {n} --beta {beta}"
-    return variant("grpo_bandit.py", flags + " --total-timesteps 4000", f"b{beta}-n{n}")
+    flags += f" --advantage {advantage} --total-timesteps 4000"
+    label = f"b{beta}-n{n}"
+    if advantage != "grpo":
+        label = f"{advantage}-{label}"
+    return variant("grpo_bandit.py", flags, label)
 
 
 BASELINES = ("none", "mean", "value")
@@ -153,6 +165,17 @@ SUITES = {
     ),
     "reinforce-baselines": (
         REINFORCE_BASELINES + [variant("a2c.py")],
+        ["CartPole-v1"],
+        3,
+    ),
+    # issue 30: reinforce.py on-policy (K = 1) beside K = 4 steps per batch, steps 2-4
+    # importance weighted with each --importance mode
+    "reinforce-importance": (
+        [variant("reinforce.py", "--update-epochs 1", "k1")]
+        + [
+            variant("reinforce.py", f"--update-epochs 4 --importance {m}", f"k4-{m}")
+            for m in ("trajectory", "per-decision", "per-step")
+        ],
         ["CartPole-v1"],
         3,
     ),
@@ -230,6 +253,18 @@ SUITES = {
         ["contextual"],
         3,
     ),
+    # PPO-style RLHF (--advantage ppo) beside the two suites above: run each into the
+    # same --out as the suite it extends (benchmarks/runs/grpo, .../grpo-rlhf)
+    "grpo-ppo": (
+        [variant("grpo_bandit.py", "--advantage ppo", "ppo")],
+        ["gaussian", "contextual"],
+        5,
+    ),
+    "grpo-rlhf-ppo": (
+        [rlhf(beta, n, "ppo") for beta in (0, 0.3, 1) for n in (30, 300, 3000)],
+        ["contextual"],
+        3,
+    ),
 }
 
 
@@ -244,7 +279,7 @@ class Args:
     seeds: Optional[tuple[int, ...]] = None
     """seeds of every (script, env) pair (default: 1..n, n=3 or the suite's)"""
     flags: str = ""
-    """extra flags for every run, as one quoted string: '--total-timesteps 20000'"""
+    """flags for every run, one string after '=': --flags='--total-timesteps 20000'"""
     out: str = "benchmarks/runs"
     """each run writes to {out}/{env_id}__{exp_name}__{seed}/"""
     workers: int = 1
@@ -304,6 +339,45 @@ def share_cores(runs: list[Run], args: Args) -> list[Run]:
     return shared
 
 
+def check(ok, msg: str):
+    """Refuse bad input: one line on stderr, exit code 2, nothing written."""
+    if not ok:
+        print(f"error: benchmarks/run.py: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+# gymnasium's env id grammar ([namespace/]name[-vN]), without the "__" names split on
+ENV_ID = re.compile(r"([\w:-]+/)?[\w:.-]+")
+
+
+def check_args(args: Args):
+    """Refuse settings no grid can run with, before anything is written."""
+    check(1 <= args.workers <= 1024, f"--workers {args.workers}: use 1 to 1024")
+    if args.timeout is not None:
+        ok = math.isfinite(args.timeout) and args.timeout > 0
+        check(ok, f"--timeout {args.timeout}: seconds > 0 (leave it out for none)")
+    gpus = args.gpus_per_run
+    check(math.isfinite(gpus) and gpus >= 0, f"--gpus-per-run {gpus}: use 0 or more")
+    check(gpus <= 1 or gpus.is_integer(), "--gpus-per-run above 1 must be whole")
+    if args.backend == "ray":
+        found = importlib.util.find_spec("ray") is not None
+        check(found, "--backend ray needs Ray: pip install ray")
+    check(args.suite or args.scripts, "--scripts: name at least one script")
+    check(args.suite or args.env_ids, "--env-ids: name at least one env id")
+    check(all(s.strip() for s in args.scripts), "--scripts '': name a script")
+    for env_id in () if args.suite else args.env_ids:
+        ok = ENV_ID.fullmatch(env_id) and "__" not in env_id and len(env_id) <= 100
+        check(ok, f"--env-ids {env_id!r}: not an env id (e.g. CartPole-v1)")
+    for seed in args.seeds or ():
+        check(0 <= seed < 2**32, f"--seeds {seed}: a seed lies in [0, 2^32)")
+    try:
+        shlex.split(args.flags)
+    except ValueError as e:  # an unclosed quote
+        check(False, f"--flags {args.flags!r}: {e}; close the quote")
+    problem = unwritable(args.out)
+    check(problem is None, f"--out {args.out!r}: {problem}")
+
+
 def is_done(run_dir: Path) -> bool:
     try:
         return json.loads((run_dir / "run.json").read_text())["returncode"] == 0
@@ -311,30 +385,108 @@ def is_done(run_dir: Path) -> bool:
         return False
 
 
+# The runs' processes. Each runs in a session of its own, so that a Ctrl-C reaches it
+# once, from stop(), and the script can save what it promised: whoever takes a process
+# out of CHILDREN (set.pop and set.remove are atomic) stops it. STOPPING: [] until a
+# Ctrl-C. (No locks: Ray pickles execute with the globals it reads.)
+CHILDREN = set()
+STOPPING = []
+
+
+def signal_group(proc: subprocess.Popen, signum: int):
+    """signum to proc and whatever it started (its process group), if it still runs."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def stop(procs: list, grace: float = 5.0):
+    """Ctrl-C to each run, then after grace seconds kill what still runs."""
+    for proc in procs:
+        signal_group(proc, signal.SIGINT)
+    deadline = time.time() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.time(), 0))
+        except subprocess.TimeoutExpired:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+
+def taken(proc: subprocess.Popen) -> bool:
+    """Take proc out of CHILDREN: True for the one caller that does."""
+    try:
+        CHILDREN.remove(proc)
+        return True
+    except KeyError:
+        return False
+
+
+def wait(proc: subprocess.Popen, timeout: Optional[float]) -> int:
+    """proc.wait(timeout), a second at a time: a blocking wait would hold off the
+    KeyboardInterrupt with which Ray cancels a task."""
+    end = time.time() + (math.inf if timeout is None else timeout)
+    while True:
+        try:
+            return proc.wait(min(1.0, max(end - time.time(), 0.0)))
+        except subprocess.TimeoutExpired:
+            if time.time() >= end:
+                raise
+
+
+def interrupt(signum, frame):
+    """Ctrl-C: start no more runs, stop those running, then stop the grid."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing
+    STOPPING.append(signum)
+    running = []
+    while CHILDREN:
+        try:
+            running.append(CHILDREN.pop())
+        except KeyError:  # a run took its own process
+            break
+    stop(running)
+    raise KeyboardInterrupt
+
+
 def execute(
     run: Run, script_path: str, run_dir: Path, timeout: Optional[float], code: str
-) -> dict:
+) -> Optional[dict]:
     """Run one script as a subprocess into run_dir (emptied first); write and return
-    its run.json record."""
+    its run.json record (None if a Ctrl-C stopped the grid before it started)."""
+    if STOPPING:
+        return None
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     cmd = [sys.executable, script_path, *run.argv(str(run_dir))]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.time()
     with open(run_dir / "stdout.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+            env=env,
+            start_new_session=True,
+        )
+        CHILDREN.add(proc)
+        if STOPPING and taken(proc):  # a Ctrl-C came as it started
+            stop([proc])
         try:
-            proc = subprocess.run(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=run_dir,
-                env=env,
-                timeout=timeout,
-            )
-            returncode = proc.returncode
+            returncode = wait(proc, timeout)
         except subprocess.TimeoutExpired:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait()
             returncode = "timeout"
             print(f"\nbenchmarks/run.py: stopped after {timeout} s", file=log)
+        except KeyboardInterrupt:  # a Ray task cancelled by a Ctrl-C of run.py
+            if taken(proc):
+                stop([proc])
+            raise
+        finally:
+            CHILDREN.discard(proc)
     wall_time = time.time() - start
     # the line every script prints after its evaluation
     lines = (run_dir / "stdout.log").read_text(errors="replace").splitlines()
@@ -401,23 +553,42 @@ def run_local(todo: list[Run], args: Args, out: Path):
             yield futures[future], future.result()
 
 
+def start_ray(args: Args):
+    """Join the cluster at --ray-address, or start a Ray instance of our own."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # "local" starts a Ray instance of our own even where a cluster runs here (one
+    # ray.init would join)
+    local = {"num_cpus": args.workers, "include_dashboard": False}
+    if args.ray_address:
+        local = {}
+    try:
+        ray.init(address=args.ray_address or "local", log_to_driver=False, **local)
+    except Exception as e:  # no cluster there, another Ray version, no resources...
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        check(False, f"cannot start or join Ray: {why}")
+
+
 def run_ray(todo: list[Run], args: Args, out: Path):
     import ray
 
-    if not ray.is_initialized():
-        # "local" starts a Ray instance of our own even where a cluster runs here
-        # (one ray.init would join)
-        local = {"num_cpus": args.workers, "include_dashboard": False}
-        if args.ray_address:
-            local = {}
-        ray.init(address=args.ray_address or "local", log_to_driver=False, **local)
+    start_ray(args)
     remote = ray.remote(num_cpus=1, num_gpus=args.gpus_per_run, max_retries=0)
     task = remote(execute_remote)
     pending = {}
     for r in todo:
         pending[task.remote(r, *shipped(r.script), args.timeout, code_state())] = r
     while pending:
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        try:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+        except KeyboardInterrupt:
+            # each task stops its run (a Ctrl-C to it), as the local backend does
+            for ref in pending:
+                ray.cancel(ref)
+            ray.wait(list(pending), num_returns=len(pending), timeout=15)
+            raise
         run = pending.pop(ready)
         run_dir = out / run.name
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -443,13 +614,14 @@ def run_ray(todo: list[Run], args: Args, out: Path):
 
 def main(args: Args) -> int:
     """Run the grid; return the number of failed runs."""
+    check_args(args)
     out = Path(args.out).resolve()
     runs = share_cores(expand(args), args)
-    missing = sorted({r.script for r in runs if not (ROOT / r.script).exists()})
-    if missing:
-        names = ", ".join(missing)
-        print(f"error: benchmarks/run.py: no such script: {names}", file=sys.stderr)
-        sys.exit(2)
+    missing = sorted({r.script for r in runs if not (ROOT / r.script).is_file()})
+    check(not missing, f"no such script: {', '.join(missing)}")
+    names = [r.name for r in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    check(not twice, f"each run once: {', '.join(twice)} named twice")
     todo = [r for r in runs if not is_done(out / r.name)]
     if args.backend == "ray" and args.ray_address:
         where = f"Ray cluster at {args.ray_address}"
@@ -464,18 +636,31 @@ def main(args: Args) -> int:
             state = "todo" if r in todo else "done"
             print(f"  {state}  {r.name}  {' '.join(r.flags)}")
         return 0
+    if args.backend == "ray":
+        start_ray(args)  # before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        check(False, f"--out: cannot create {out}: {e.strerror}")
     failed = []
     backend = run_local if args.backend == "local" else run_ray
-    for i, (run, rec) in enumerate(backend(todo, args, out), 1):
-        status = "ok"
-        if rec["returncode"] != 0:
-            status = f"FAILED (exit code {rec['returncode']})"
-        wall_time = f"{rec['wall_time']:.1f} s"
-        line = f"[{i}/{len(todo)}] {status}  {run.name}  {wall_time}"
-        print(f"{line}  {rec['eval'] or ''}", flush=True)
-        if rec["returncode"] != 0:
-            failed.append(run.name)
-            print(log_tail(out / run.name), flush=True)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        for i, (run, rec) in enumerate(backend(todo, args, out), 1):
+            status = "ok"
+            if rec["returncode"] != 0:
+                status = f"FAILED (exit code {rec['returncode']})"
+            wall_time = f"{rec['wall_time']:.1f} s"
+            line = f"[{i}/{len(todo)}] {status}  {run.name}  {wall_time}"
+            print(f"{line}  {rec['eval'] or ''}", flush=True)
+            if rec["returncode"] != 0:
+                failed.append(run.name)
+                print(log_tail(out / run.name), flush=True)
+    except KeyboardInterrupt:
+        kept = sum(is_done(out / r.name) for r in runs)
+        msg = f"interrupted: stopped the runs in flight; kept {kept}/{len(runs)} runs"
+        print(f"{msg} finished in {out} (a rerun skips them)", file=sys.stderr)
+        sys.exit(130)
     summary = f"{len(runs) - len(failed)}/{len(runs)} runs done"
     if failed:
         summary += f"; failed: {', '.join(failed)}"
@@ -484,4 +669,8 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main(tyro.cli(Args)) else 0)
+    try:
+        sys.exit(1 if main(cli(Args, sys.argv[1:], check)) else 0)
+    except KeyboardInterrupt:  # before the grid started
+        print("interrupted: no run started", file=sys.stderr)
+        sys.exit(130)

@@ -17,6 +17,10 @@ rounds is reported. Every figure comes by the wall clock and by CPU time: on a s
 machine the wall clock also measures the other tenants, CPU time barely. For the
 off-policy scripts a second table times the learning phase alone, from the first
 minibatch to the end.
+
+Bad input (a count below 1, an unknown script or env, settings a script refuses, an
+--out that cannot be written) stops it with one line and exit code 2 before anything
+is measured; Ctrl-C stops it with exit code 130, nothing written.
 """
 
 import contextlib
@@ -26,6 +30,7 @@ import multiprocessing as mp
 import os
 import resource
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -34,10 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import tyro
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, code_state, env_threshold, header  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    cli,
+    code_state,
+    env_threshold,
+    header,
+    unwritable,
+)
 
 # Script -> (env id, extra flags) measured by default. Off-policy runs: 5k random
 # steps, then 10k learning steps.
@@ -218,6 +228,8 @@ def load_script(script: str):
     name = f"bench_{Path(script).stem}"
     spec = importlib.util.spec_from_file_location(name, ROOT / script)
     module = importlib.util.module_from_spec(spec)
+    # inspect (and so tyro's error and help text) finds a class's source through it
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -226,6 +238,26 @@ def resolved_args(script: str, env_id: str, flags: tuple[str, ...]):
     """The script's Args for this command line, as its own command line resolves them
     (BOX_DEFAULTS for Box envs)."""
     return load_script(script).parse_args(["--env-id", env_id, *flags])
+
+
+def script_args(script: str, env_id: str, flags: tuple[str, ...]):
+    """(resolved_args, None), or (None, why not) where script is no algorithm script
+    here or refuses these settings (its own one line, from its parse_args or the
+    checks its train starts with)."""
+    if not (script.endswith(".py") and (ROOT / script).is_file()):
+        return None, f"no such script: {script!r} (e.g. ppo.py)"
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(text):  # the script's one line, if it refuses
+            module = load_script(script)
+            if hasattr(module, "parse_args") and hasattr(module, "prepare"):
+                a = module.parse_args(["--env-id", env_id, *flags])
+                module.prepare(a)
+                return a, None
+    except SystemExit:
+        lines = text.getvalue().strip().splitlines() or [f"{script} refused"]
+        return None, lines[-1].removeprefix("error: ")
+    return None, f"{script} is no algorithm script (no parse_args and prepare)"
 
 
 def stamp_first_call(owner, name: str, stamps: dict):
@@ -412,8 +444,15 @@ def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
     }
 
 
+class MeasurementFailed(Exception):
+    """A measurement's process failed: main says so in one line."""
+
+
 def with_process_cpu(fn, args) -> dict:
-    result = fn(*args)
+    try:
+        result = fn(*args)
+    except SystemExit as e:  # the pool would wait for a result forever
+        raise RuntimeError(f"exit code {e.code}") from None
     # the whole process: start-up, imports, evaluation
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return result | {"cpu": usage.ru_utime + usage.ru_stime}
@@ -423,8 +462,19 @@ def spawned(fn, *args) -> dict:
     """fn(*args) in a fresh Python process. wall and cpu: the whole process, start-up
     and imports included."""
     start = time.time()
-    with mp.get_context("spawn").Pool(1) as pool:
-        result = pool.apply(with_process_cpu, (fn, args))
+    # A terminal's Ctrl-C reaches this process alone, which then stops the child: the
+    # child starts with Ctrl-C ignored, then leaves the terminal's process group.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = mp.get_context("spawn").Pool(1, initializer=os.setsid)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with pool:
+        try:
+            result = pool.apply(with_process_cpu, (fn, args))
+        except Exception as e:  # raised in the child, raised again here
+            what = f"{fn.__name__}{args[:2]}"
+            raise MeasurementFailed(f"{what} failed: {type(e).__name__}: {e}") from e
     return result | {"wall": time.time() - start}
 
 
@@ -435,7 +485,7 @@ class Args:
     env_id: Optional[str] = None
     """measure every script on this env instead of its PLAN env"""
     flags: str = ""
-    """extra flags for our scripts (mapped to SB3 too): '--total-timesteps 20000'"""
+    """flags for our scripts (mapped to SB3 too): --flags='--total-timesteps 20000'"""
     repeats: int = 3
     """rounds of (ours, SB3, env-only) per script"""
     seed: int = 1
@@ -446,6 +496,29 @@ class Args:
     """steps of the env-only measurement (capped at the training budget)"""
     out: str = "benchmarks/results/throughput.md"
     """the markdown result"""
+
+
+def check(ok, msg: str):
+    """Refuse bad input: one line on stderr, exit code 2, nothing written."""
+    if not ok:
+        print(f"error: benchmarks/throughput.py: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_args(args: Args):
+    """Refuse settings no measurement can be made with, before measuring."""
+    check(1 <= args.repeats <= 1000, f"--repeats {args.repeats}: use 1 to 1000")
+    check(0 <= args.seed < 2**31, f"--seed {args.seed}: use 0 to 2^31 - 1")
+    episodes = args.eval_episodes
+    check(0 <= episodes <= 1000, f"--eval-episodes {episodes}: use 0 to 1000")
+    check(args.env_steps >= 1, f"--env-steps {args.env_steps}: use 1 or more")
+    check(args.env_id is None or args.env_id.strip(), "--env-id '': name an env")
+    try:
+        shlex.split(args.flags)
+    except ValueError as e:  # an unclosed quote
+        check(False, f"--flags {args.flags!r}: {e}; close the quote")
+    problem = unwritable(args.out, folder=False)
+    check(problem is None, f"--out {args.out!r}: {problem}")
 
 
 def median(xs: list) -> float:
@@ -459,7 +532,11 @@ def measure(args: Args) -> list[dict]:
         env_id, flags = PLAN.get(script, ("CartPole-v1", ()))
         env_id = args.env_id or env_id
         flags = tuple(flags) + tuple(shlex.split(args.flags))
-        a = resolved_args(script, env_id, flags)
+        a, refusal = script_args(script, env_id, flags)
+        check(a is not None, refusal)
+        need = getattr(a, "num_envs", 1)  # one step of each env
+        enough = min(args.env_steps, a.total_timesteps) >= need
+        check(enough, f"{script}: --env-steps and its budget must be >= {need}")
         sb3 = COUNTERPARTS[script](a) if script in COUNTERPARTS else None
         plan = dict(script=script, env_id=env_id, flags=flags, args=a, sb3=sb3)
         plans.append(plan | {"rounds": []})
@@ -712,15 +789,26 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
 
 
 def main(args: Args) -> str:
+    check_args(args)
     # the code measured: the checkout may move on during a long measurement
     code = code_state()
     plans = measure(args)
     text = markdown(plans, args, code)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    except OSError as e:
+        check(False, f"--out: cannot write {args.out}: {e.strerror}")
     print(f"wrote {args.out}")
     return text
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(cli(Args, sys.argv[1:], check))
+    except KeyboardInterrupt:
+        print("interrupted: nothing written (--out comes at the end)", file=sys.stderr)
+        sys.exit(130)
+    except MeasurementFailed as e:
+        print(f"error: benchmarks/throughput.py: {e}; nothing written", file=sys.stderr)
+        sys.exit(1)

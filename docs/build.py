@@ -11,6 +11,10 @@ own. Everything is parsed at build time, so the site follows the files as they
 change.
 
 Usage: python docs/build.py [--out site]
+
+An --out that cannot be a folder (an existing file, a place that cannot be written) or
+an unknown flag stops it with one line and exit code 2, nothing written; Ctrl-C stops
+it with exit code 130.
 """
 
 import argparse
@@ -18,8 +22,10 @@ import ast
 import html
 import inspect
 import io
+import os
 import re
 import sys
+import tempfile
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,9 +534,39 @@ def build(out: Path):
     (out / "index.html").write_text(page(title, intro + body, "", scripts))
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def check(ok, msg: str):
+    """Refuse bad input: one line on stderr, exit code 2, nothing written."""
+    if not ok:
+        print(f"error: docs/build.py: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """argparse's usage and error lines, as this tool's one line."""
+        check(False, message)
+
+
+def main():
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "site", help="folder to write the site to"
+        "--out", default=str(ROOT / "site"), help="folder to write the site to"
     )
-    build(parser.parse_args().out)
+    out = parser.parse_args().out
+    check(out.strip(), "--out '': name a folder")
+    is_file = os.path.lexists(out) and not os.path.isdir(out)
+    check(not is_file, f"--out {out} is a file; name a folder")
+    try:  # the folder, and a trial folder in it: can the site be written there?
+        os.makedirs(out, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=out))
+    except OSError as e:
+        check(False, f"--out: cannot write a folder at {out}: {e.strerror}")
+    try:
+        build(Path(out))
+    except KeyboardInterrupt:
+        print(f"interrupted: {out} may hold part of the site", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
