@@ -1,8 +1,8 @@
 """REINFORCE: Monte-Carlo policy gradient over batches of complete episodes, for
 Discrete and Box action spaces (Williams 1992; Sutton & Barto 2018, sections 13.3-13.4).
 
-Each update runs N episodes to their end with π_θ, uses them once (on-policy: the
-estimate holds only for samples of the current π_θ) and ascends
+Each update runs N episodes to their end with π_θ, uses them for one step (on-policy:
+the estimate holds only for samples of the current π_θ) and ascends
 
   ∇J(θ) ≈ (1/N) Σ_i Σ_t ∇ log π_θ(a_t|s_t) (G_t − b(s_t)),
   G_t = Σ_{t'≥t} γ^{t'−t} r_{t'}   (the reward-to-go)
@@ -24,6 +24,22 @@ well (option 2, --weight-by-gamma-t). Common practice (option 1, the default) dr
 of one pull, (a1, 3) → 3 (0.34, −0.09, −0.25); summed over its five pulls τ = (a1, 3),
 (a2, −1), (a3, 2), (a1, 4), (a3, 1) as one-step episodes (γ = 0, G_t = r_t), our own
 computation gives Σ_t r_t ∇ log π(a_t) = (1.013, −1.810, 0.797); tests check both.
+
+Off-policy steps (--update-epochs K > 1; CSCI 1470, Ewing, both decks, "But what if we
+actually could…"; CISC 7404, Morad, "Off-Policy Gradient"; Guberina eq. 1.42-1.62):
+steps 2..K reuse the batch, now samples of π_old ≠ π_θ, importance weighted with
+ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t), products in log space, ESS/N = (Σw)² / (N Σw²):
+  ∇J(θ) ≈ (1/N) Σ_i Σ_t w_t ∇ log π_θ(a_t|s_t) Ψ_t,  and --importance sets w_t:
+  trajectory    W = ∏_t ρ_t (eq. 1.58; Morad's ∏_t): unbiased, variance exponential in T
+  per-decision  ∏_{t'≤t} ρ_{t'}, and w_{t'} on each r_{t'} in G_t (eq. 1.59): unbiased,
+                fewer ratios per term (a_t changes no earlier reward)
+  per-step      ρ_t alone (Ewing's ρ · Q^π; eq. 1.62 without the state ratio): biased,
+                first order in θ − θ_old: the surrogate r_t(θ) Â_t of TRPO and PPO
+                (Ewing day 31, "Trust Region Policy Optimization"; second deck,
+                "Proximal Policy Optimization"; Morad, "Proximal Policy Optimization")
+The default is per-step: with K = 4 on CartPole-v1's episodes of 400-500 steps its
+median ESS/N is 0.99, the trajectory product's 0.50 and the per-decision's 0.79
+(benchmarks/results/reinforce-importance).
 
 Discrete actions: softmax policy. Box: diagonal Gaussian with state-independent log σ,
 actions clipped to the bounds when stepped; Box envs train for 1M steps (BOX_DEFAULTS).
@@ -74,6 +90,10 @@ class Args:
     """width of the two hidden layers of π_θ and of V_w; typically 32-256"""
     vf_iters: int = 10
     """gradient steps of V_w on each batch's G_t (--baseline value); typically 5-80"""
+    update_epochs: int = 1
+    """K: steps of π_θ on each batch, 2..K importance weighted; 1 (on-policy) to 4"""
+    importance: Literal["trajectory", "per-decision", "per-step"] = "per-step"
+    """weights of π_old's samples when K > 1: ∏_t ρ_t, ∏_{t'≤t} ρ_{t'}, or ρ_t alone"""
 
     # The run
     env_id: str = "CartPole-v1"
@@ -123,6 +143,8 @@ def check_args(args: Args, obs_space, act_space):
     check(args.num_envs >= 1, f"--num-envs {args.num_envs} must be >= 1")
     check(args.hidden >= 1, f"--hidden {args.hidden} must be >= 1")
     check(args.vf_iters >= 1, f"--vf-iters {args.vf_iters} must be >= 1")
+    epochs = args.update_epochs
+    check(epochs >= 1, f"--update-epochs {epochs} must be >= 1")
     check(0 <= args.gamma <= 1, f"--gamma {args.gamma} must lie in [0, 1]")
     check(math.isfinite(lr) and lr > 0, f"--learning-rate {lr} must be > 0 and finite")
 
@@ -163,11 +185,14 @@ def policy_gradient_loss(logp, weights):
     return -(logp * weights).sum(0).mean()
 
 
-def reward_to_go(rewards, gamma: float, bootstrap=None):
+def reward_to_go(rewards, gamma: float, bootstrap=None, ratio=None):
     """The Monte-Carlo returns G_t of each episode (column) of rewards (T, N), which are
     0 past its end. bootstrap (T, N), if given, holds V(s_{t+1}) at the last step of an
     episode that a time limit cut short, 0 elsewhere: the task would have gone on, so
-    the value of the state reached stands in for the rewards that would follow."""
+    the value of the state reached stands in for the rewards that would follow. ratio
+    (T, N), if given, holds ρ_t = π_θ(a_t|s_t) / π_old(a_t|s_t) of a batch of π_old:
+    each r_{t'} then carries the ratios of the actions after t up to t'
+    (per-decision)."""
     if bootstrap is not None:
         rewards = rewards + gamma * bootstrap
     returns = torch.zeros_like(rewards)
@@ -177,6 +202,11 @@ def reward_to_go(rewards, gamma: float, bootstrap=None):
         # RL notes, eq. 1.30, discounted): only the rewards that a_t can influence
         future = rewards[t] + gamma * future
         returns[t] = future
+        if ratio is not None:
+            # G̃_{t−1} = r_{t−1} + γ ρ_t G̃_t
+            #        = Σ_{t'≥t−1} γ^{t'−t+1} (∏_{t≤t''≤t'} ρ_{t''}) r_{t'},
+            # per-decision importance sampling (Precup et al. 2000)
+            future = ratio[t] * future
     return returns
 
 
@@ -225,6 +255,38 @@ def value_loss(values, returns, alive):
     """Mean of (V_w(s_t) − G_t)² over the steps of the batch's episodes: V_w regresses
     on the Monte-Carlo G_t (Guberina's RL notes, eq. 1.87, with y_t = G_t)."""
     return ((values - returns) ** 2)[alive].mean()
+
+
+# ── Off-policy steps: π_old's batch, importance weighted ──
+# After the first step on a batch, θ ≠ θ_old: the episodes are samples of π_old, and
+# E_{τ~π_old}[(p_θ(τ)/p_old(τ)) f(τ)] = E_{τ~π_θ}[f(τ)] (Guberina's RL notes, eq.
+# 1.43-1.47), where the dynamics cancel from p_θ(τ)/p_old(τ) = ∏_t ρ_t (eq. 1.50).
+def importance_weights(log_ratio, alive, kind: str):
+    """w (T, N), the weight of π_old's term t for π_θ, from log_ratio (T, N) = log ρ_t =
+    log π_θ(a_t|s_t) − log π_old(a_t|s_t): the episode's W = ∏_t ρ_t on each of its
+    steps (trajectory), w_t = ∏_{t'≤t} ρ_{t'} (per-decision) or ρ_t (per-step). Each
+    product is a sum of logs, exponentiated once, per episode (column): a product of
+    hundreds of ratios underflows or overflows where its log does not."""
+    # log ρ_t = 0 past each episode's end, where it took no action
+    log_ratio = torch.where(alive, log_ratio, 0.0)
+    if kind == "per-step":
+        # ρ_t alone: blind to how π_θ ≠ π_old would change which states s_t are
+        # reached, a first-order approximation, the r_t(θ) of TRPO's and PPO's surrogate
+        return log_ratio.exp()
+    # log w_t = Σ_{t'≤t} log ρ_{t'}
+    log_w = log_ratio.cumsum(0)
+    if kind == "trajectory":
+        # log W = Σ_t log ρ_t over the whole episode: its last row, on every step
+        log_w = log_w[-1:].expand_as(log_w)
+    return log_w.exp()
+
+
+def effective_sample_size(w):
+    """ESS/N = (Σ_i w_i)² / (N Σ_i w_i²) of N importance weights w (1-D): 1 when all are
+    equal, 1/N when one carries them all (Kong 1992). In float64: a weight of 1e20
+    squares to a finite number there."""
+    w = w.double()
+    return w.sum() ** 2 / (len(w) * w.square().sum())
 
 
 # ── Networks ──
@@ -417,9 +479,10 @@ def run_episodes(envs, agent: Agent, run) -> Episodes:
 
 
 def estimate(args: Args, agent: Agent, ep: Episodes):
-    """G_t (bootstrapped where a time limit cut an episode, given a V_w), b(s_t) and
-    Ψ_t. Returns (values, returns, weights): V_w(s_t) in the tape (None without a V_w),
-    G_t and Ψ_t, each (T, N)."""
+    """G_t (bootstrapped where a time limit cut an episode, given a V_w) and b(s_t).
+    Returns (values, bootstrap, returns, b): V_w(s_t) in the tape (None without a V_w),
+    V_w(s_T) at each cut episode's last step and 0 elsewhere (None if none was cut, or
+    without a V_w), G_t and b(s_t), each (T, N) (b may be a scalar or (T, 1))."""
     values = None
     bootstrap = None
     if agent.critic is not None:
@@ -428,16 +491,40 @@ def estimate(args: Args, agent: Agent, ep: Episodes):
         bootstrap = ep.truncation_bootstrap(agent.value)
     returns = reward_to_go(ep.rewards, args.gamma, bootstrap)
     b = baseline_values(args.baseline, returns, values, ep.alive)
+    return values, bootstrap, returns, b
+
+
+def off_policy_pg_weights(args: Args, ep: Episodes, log_ratio, bootstrap, returns, b):
+    """(w, Ψ), each (T, N), of a step on π_old's batch: the estimate of ∇J(θ) is
+    (1/N) Σ_i Σ_t w_t ∇ log π_θ(a_t|s_t) Ψ_t. Trajectory and per-step keep REINFORCE's
+    Ψ_t = G_t − b(s_t); per-decision weights each reward inside G_t by the ratios up to
+    it, G̃_t, so that w_t Ψ_t = Σ_{t'≥t} γ^{t'−t} w_{t'} r_{t'} − w_t b(s_t). At
+    θ = θ_old (log_ratio = 0) w is 1 and Ψ is REINFORCE's, exactly."""
+    w = importance_weights(log_ratio, ep.alive, args.importance)
+    if args.importance == "per-decision":
+        # G̃_t = r_t + γ ρ_{t+1} G̃_{t+1}: r_{t'} carries ∏_{t<t''≤t'} ρ_{t''}, and w_t
+        # the rest, ∏_{t''≤t}: w_t G̃_t = Σ_{t'≥t} γ^{t'−t} w_{t'} r_{t'}
+        ratio = importance_weights(log_ratio, ep.alive, "per-step")
+        returns = reward_to_go(ep.rewards, args.gamma, bootstrap, ratio)
     option_2 = args.weight_by_gamma_t
     normalize = args.normalize_returns
     weights = pg_weights(returns, b, ep.alive, args.gamma, option_2, normalize)
-    return values, returns, weights
+    return w, weights
 
 
-def update(args: Args, agent: Agent, optimizer, ep: Episodes, values, returns, weights):
-    """One gradient step on −J (and on V_w's regression on G_t), then vf_iters − 1 more
-    steps of V_w alone. Returns what to log, as tensors: the losses of the first step
-    and diagnostics of the batch (.item() only when they are logged: each is a sync)."""
+def update(
+    args: Args, agent: Agent, optimizer, ep: Episodes, values, bootstrap, returns, b
+):
+    """K = --update-epochs steps of π_θ on −J: the first on-policy, with V_w's
+    regression on G_t, the others on the same batch of π_old, importance weighted; then
+    vf_iters − 1 more steps of V_w alone. Returns what to log, as tensors: the losses of
+    the first step, diagnostics of the batch, and for K > 1 the mean ESS/N of steps
+    2..K and their largest weight (.item() only when they are logged: each is a
+    sync)."""
+    option_2 = args.weight_by_gamma_t
+    normalize = args.normalize_returns
+    # Ψ_t = G_t − b(s_t), (T, N)
+    weights = pg_weights(returns, b, ep.alive, args.gamma, option_2, normalize)
     logp, entropy = agent.logp_entropy(ep.obs, ep.actions)
     pg_loss = policy_gradient_loss(logp, weights)
     stats = {"losses/policy_loss": pg_loss}
@@ -450,6 +537,32 @@ def update(args: Args, agent: Agent, optimizer, ep: Episodes, values, returns, w
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    # log π_old(a_t|s_t): the policy that collected the batch, θ before the first step
+    logp_old = logp.detach()
+    ess = []
+    max_weight = []
+    for _ in range(args.update_epochs - 1):
+        logp, _ = agent.logp_entropy(ep.obs, ep.actions)
+        # log ρ_t = log π_θ(a_t|s_t) − log π_old(a_t|s_t), detached: w is a constant
+        # factor of each term, and only log π_θ carries the gradient (for per-step,
+        # w_t ∇ log π_θ = ∇ρ_t: the gradient of the surrogate Σ ρ_t(θ) Ψ_t)
+        log_ratio = logp.detach() - logp_old
+        w, off_weights = off_policy_pg_weights(
+            args, ep, log_ratio, bootstrap, returns, b
+        )
+        # −(1/N) Σ_i Σ_t w_t log π_θ(a_t|s_t) Ψ_t
+        off_loss = policy_gradient_loss(logp, w * off_weights)
+        check_finite(**{"losses/policy_loss (importance weighted)": off_loss})
+        optimizer.zero_grad(set_to_none=True)  # V_w's grads stay None: Adam skips it
+        off_loss.backward()
+        optimizer.step()
+        # one weight per term: per episode (trajectory), else per step
+        if args.importance == "trajectory":
+            terms = w[0]
+        else:
+            terms = w[ep.alive]
+        ess.append(effective_sample_size(terms))
+        max_weight.append(terms.max())
     if values is not None:
         for _ in range(args.vf_iters - 1):
             optimizer.zero_grad(set_to_none=True)
@@ -460,6 +573,10 @@ def update(args: Args, agent: Agent, optimizer, ep: Episodes, values, returns, w
     # the std of G_t unchanged)
     stats["diagnostics/weights_rms"] = weights[ep.alive].square().mean().sqrt()
     stats["diagnostics/entropy"] = entropy[ep.alive].mean()
+    if ess:
+        # ESS/N averaged over steps 2..K, the largest weight over them
+        stats["diagnostics/ess"] = torch.stack(ess).mean()
+        stats["diagnostics/max_weight"] = torch.stack(max_weight).max()
     return stats
 
 
@@ -484,11 +601,11 @@ def train(args: Args) -> dict:
             ep = run_episodes(envs, agent, run)
             run.progress()
 
-            # ---- estimate: G_t, b(s_t), Ψ_t ----
-            values, returns, weights = estimate(args, agent, ep)
+            # ---- estimate: G_t, b(s_t) ----
+            values, bootstrap, returns, b = estimate(args, agent, ep)
 
-            # ---- update: π_θ on −J, V_w on (V_w(s_t) − G_t)² ----
-            stats = update(args, agent, optimizer, ep, values, returns, weights)
+            # ---- update: K steps of π_θ on −J, V_w on (V_w(s_t) − G_t)² ----
+            stats = update(args, agent, optimizer, ep, values, bootstrap, returns, b)
 
             # ---- log ----
             if run.due():

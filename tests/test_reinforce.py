@@ -2,8 +2,9 @@
 and our sum over its five pulls) and the score-function gradient through the script's
 own functions, reward-to-go and both discountings against direct sums, the per-step
 mean baseline by hand, baselines that lower the variance of the gradient estimate and
-keep its mean, episode handling on a scripted env, end-to-end runs, the CartPole
-threshold with fixed seeds."""
+keep its mean, the off-policy steps' importance weights (1 on-policy, by hand, exact
+gradients from π_old's samples on the bandit and on a two-step tree, ESS), episode
+handling on a scripted env, end-to-end runs, the CartPole threshold with fixed seeds."""
 
 import math
 from types import SimpleNamespace
@@ -239,6 +240,247 @@ def test_reinforce_time_mean_baseline_trains(tmp_path):
     result = train_cli("reinforce.py", argv)
     tags = read_scalars(result["run_dir"])
     assert "losses/policy_loss" in tags and "losses/value_loss" not in tags
+
+
+# ── Off-policy steps (--update-epochs K > 1): importance weights of π_old's batch ──
+MODES = ("trajectory", "per-decision", "per-step")
+
+
+def off_policy_estimate(mode, logp, logp_old, rewards, alive, gamma, b=0.0, **flags):
+    """(w, Ψ) of reinforce.py's off-policy step for log π_θ and log π_old (T, N) of the
+    actions of a batch of π_old."""
+    args = reinforce.Args(importance=mode, gamma=gamma, **flags)
+    ep = SimpleNamespace(rewards=rewards, alive=alive)
+    returns = reinforce.reward_to_go(rewards, gamma)
+    log_ratio = logp.detach() - logp_old
+    return reinforce.off_policy_pg_weights(args, ep, log_ratio, None, returns, b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "flags", [{}, dict(weight_by_gamma_t=True, normalize_returns=True)]
+)
+def test_reinforce_importance_weights_are_one_on_policy(mode, flags):
+    # at θ = θ_old every weight is exactly 1 and Ψ_t is REINFORCE's, bit for bit: a
+    # step on the batch's own policy is today's REINFORCE (K = 1)
+    rewards, alive = padded_episodes()
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(7, 4, 3, generator=g, requires_grad=True)
+    logp = reinforce.categorical_logp(logits, torch.randint(0, 3, (7, 4), generator=g))
+    b = torch.rand(7, 4, generator=g)
+    w, weights = off_policy_estimate(
+        mode, logp, logp.detach(), rewards, alive, 0.9, b, **flags
+    )
+    assert torch.equal(w, torch.ones(7, 4))
+    returns = reinforce.reward_to_go(rewards, 0.9)
+    option_2 = flags.get("weight_by_gamma_t", False)
+    normalize = flags.get("normalize_returns", False)
+    plain = reinforce.pg_weights(returns, b, alive, 0.9, option_2, normalize)
+    assert torch.equal(weights, plain)
+    assert torch.equal(w * weights, plain)
+
+
+def test_reinforce_importance_weights_by_hand():
+    # three episodes of lengths 3, 1 and 2 in a padded batch (T, N) = (3, 3); the
+    # log ratios past each episode's end are junk, and must play no part
+    alive = torch.tensor([[1, 1, 1], [1, 0, 1], [1, 0, 0]], dtype=torch.bool)
+    log_ratio = torch.tensor([[0.1, -0.3, 0.5], [-0.4, 9.0, 0.2], [0.7, 9.0, -9.0]])
+    trajectory = reinforce.importance_weights(log_ratio, alive, "trajectory")
+    per_decision = reinforce.importance_weights(log_ratio, alive, "per-decision")
+    per_step = reinforce.importance_weights(log_ratio, alive, "per-step")
+    # trajectory: W = exp(Σ_t log ρ_t) over each episode's own steps, on all of them
+    by_hand = [math.exp(0.1 - 0.4 + 0.7), math.exp(-0.3), math.exp(0.5 + 0.2)]
+    torch.testing.assert_close(
+        trajectory[alive], torch.tensor(by_hand)[alive.nonzero()[:, 1]]
+    )
+    # per-decision: w_t = ∏_{t'≤t} ρ_{t'}, a product of ratios (not of logs)
+    rho = [[math.exp(x) for x in row] for row in log_ratio.tolist()]
+    for i, length in enumerate([3, 1, 2]):
+        for t in range(length):
+            product = math.prod(rho[k][i] for k in range(t + 1))
+            assert per_decision[t, i].item() == pytest.approx(product, rel=1e-6)
+            assert per_step[t, i].item() == pytest.approx(rho[t][i], rel=1e-6)
+        # the last step's w_t is the whole episode's W
+        last = per_decision[length - 1, i]
+        torch.testing.assert_close(last, trajectory[0, i])
+    # 100 steps of log ρ = +1, then 100 of −1: W = 1, but a running product of float32
+    # ratios overflows to inf on the way (e^89 > 3.4e38); a sum of logs does not
+    swing = torch.cat([torch.ones(100, 1), -torch.ones(100, 1)])
+    every = torch.ones(200, 1, dtype=torch.bool)
+    product = torch.tensor(1.0)
+    for ratio in swing.exp().flatten():
+        product = product * ratio
+    assert product == math.inf
+    w = reinforce.importance_weights(swing, every, "trajectory")
+    assert torch.equal(w, torch.ones(200, 1))
+
+
+def test_reinforce_per_decision_returns_by_hand():
+    # G̃_t = Σ_{t'≥t} γ^{t'−t} (∏_{t<t''≤t'} ρ_{t''}) r_{t'}, term by term, so that
+    # w_t G̃_t = Σ_{t'≥t} γ^{t'−t} w_{t'} r_{t'}: each reward carries the ratios of
+    # the actions up to it, no later ones
+    rewards, alive = padded_episodes()
+    g = torch.Generator().manual_seed(3)
+    log_ratio = 0.3 * torch.randn(7, 4, generator=g)
+    rho = reinforce.importance_weights(log_ratio, alive, "per-step")
+    w = reinforce.importance_weights(log_ratio, alive, "per-decision")
+    gamma = 0.9
+    returns = reinforce.reward_to_go(rewards, gamma, ratio=rho)
+    expected = torch.zeros(7, 4)
+    weighted = torch.zeros(7, 4)
+    for i in range(4):
+        for t in range(7):
+            for k in range(t, 7):
+                carried = math.prod(rho[j, i].item() for j in range(t + 1, k + 1))
+                expected[t, i] += gamma ** (k - t) * carried * rewards[k, i]
+                weighted[t, i] += gamma ** (k - t) * w[k, i] * rewards[k, i]
+    torch.testing.assert_close(returns, expected * alive)
+    torch.testing.assert_close(w * returns * alive, weighted * alive)
+    # and through the script's step, with a baseline b(s_t): w_t (G̃_t − b(s_t))
+    b = torch.rand(7, 4, generator=g)
+    logp_old = torch.zeros(7, 4)
+    w2, weights = off_policy_estimate(
+        "per-decision", log_ratio, logp_old, rewards, alive, gamma, b
+    )
+    torch.testing.assert_close(w2 * weights, (weighted - w * b) * alive)
+
+
+def test_reinforce_per_step_weight_gives_the_surrogate_gradient():
+    # ρ_t ∇ log π_θ(a_t|s_t) = ∇ρ_t(θ): the per-step estimate is the gradient of
+    # TRPO's and PPO's surrogate (1/N) Σ_i Σ_t ρ_t(θ) Ψ_t
+    rewards, alive = padded_episodes()
+    g = torch.Generator().manual_seed(4)
+    actions = torch.randint(0, 3, (7, 4), generator=g)
+    logits_old = torch.randn(7, 4, 3, generator=g)
+    logp_old = reinforce.categorical_logp(logits_old, actions)
+    logits = (logits_old + 0.3 * torch.randn(7, 4, 3, generator=g)).requires_grad_()
+    logp = reinforce.categorical_logp(logits, actions)
+    w, weights = off_policy_estimate("per-step", logp, logp_old, rewards, alive, 0.9)
+    loss = reinforce.policy_gradient_loss(logp, w * weights)
+    (estimate,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    surrogate = -((logp - logp_old).exp() * weights).sum(0).mean()
+    (by_surrogate,) = torch.autograd.grad(surrogate, logits)
+    torch.testing.assert_close(estimate, by_surrogate)
+
+
+def test_reinforce_effective_sample_size():
+    # (Σw)² / (N Σw²): 1 for equal weights, 1/N for one weight alone, by hand for
+    # (1, 2, 3): 36 / (3 · 14); finite for weights whose squares overflow float32
+    ess = reinforce.effective_sample_size
+    assert ess(torch.full((8,), 3.0)).item() == pytest.approx(1.0)
+    assert ess(torch.tensor([0.0, 5.0, 0.0, 0.0])).item() == pytest.approx(0.25)
+    assert ess(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(36 / 42)
+    assert ess(torch.tensor([1e25, 1.0])).item() == pytest.approx(0.5)
+
+
+def importance_sampled_gradients(theta, theta_old, states, actions, rewards, mode):
+    """Per-episode estimates (M, |θ|) of ∇J(θ) from M episodes of π_old (columns of
+    states, actions and rewards (T, M)), through reinforce.py's off-policy step (γ = 1,
+    no baseline): tabular softmax policies, logits theta[s]."""
+    M = states.shape[1]
+    # a copy of θ per episode: the gradient for copy i is episode i's term / M
+    copies = theta.expand(M, *theta.shape).clone().requires_grad_()
+    logp = reinforce.categorical_logp(copies[torch.arange(M), states], actions)
+    logp_old = reinforce.categorical_logp(theta_old[states], actions)
+    alive = torch.ones_like(actions, dtype=torch.bool)
+    w, weights = off_policy_estimate(mode, logp, logp_old, rewards, alive, 1.0)
+    reinforce.policy_gradient_loss(logp, w * weights).backward()
+    return -M * copies.grad.flatten(1)
+
+
+def within_standard_errors(estimates, exact, k=5.0):
+    """|mean − exact| / standard error, largest over the components, of i.i.d.
+    per-episode estimates (M, d); the test asks for < k."""
+    standard_error = estimates.std(0) / math.sqrt(len(estimates))
+    return ((estimates.mean(0) - exact).abs() / standard_error).max().item()
+
+
+# The 3-armed bandit of CSCI 1470 (Ewing, day 31, "Policy Gradient on Multi-Arm
+# Bandits"), θ_old = (1, −1, 0), with our rewards: arm k pays N(μ_k, 1), μ the mean of
+# the deck's pulls of arm k, (3.5, −1, 1.5)
+ARM_MEANS = torch.tensor([3.5, -1.0, 1.5])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reinforce_importance_weighted_bandit_gradient_is_exact(mode):
+    # π_old's pulls, reweighted, estimate ∇_θ E_{a~π_θ}[r(a)] at θ ≠ θ_old: one-step
+    # episodes, where all three modes weight by ρ = π_θ(a)/π_old(a)
+    g = torch.Generator().manual_seed(5)
+    M = 20_000
+    theta_old = THETA.unsqueeze(0)  # one state
+    theta = torch.tensor([[0.5, -0.5, 0.8]])
+    actions = torch.multinomial(PROBS, M, replacement=True, generator=g).unsqueeze(0)
+    rewards = ARM_MEANS[actions] + torch.randn(1, M, generator=g)
+    states = torch.zeros_like(actions)
+    # the exact gradient, by autograd on E_{a~π_θ}[r(a)] = Σ_a π_θ(a) μ_a
+    exact_theta = theta.clone().requires_grad_()
+    (exact_theta.softmax(-1) * ARM_MEANS).sum().backward()
+    exact = exact_theta.grad.flatten()
+    estimates = importance_sampled_gradients(
+        theta, theta_old, states, actions, rewards, mode
+    )
+    # seed 5: 1.1 standard errors off (any mode)
+    assert within_standard_errors(estimates, exact) < 5
+    # without the weights, π_old's samples estimate another gradient: 83 errors off
+    logits = theta.expand(1, M, 3)
+    unweighted = rewards.T * (torch.eye(3)[actions[0]] - logits[0].softmax(-1))
+    assert within_standard_errors(unweighted, exact) > 20
+
+
+# A two-step tree: from the start (state 0) action a leads to state 1 + a, then one
+# more action ends the episode; r ~ N(R[s, a], 1). π_θ(·|s) = softmax(θ[s]).
+TREE_REWARDS = torch.tensor(
+    [[1.0, 0.0, 0.5], [1.0, 0.0, -1.0], [-1.0, 2.0, 0.0], [0.0, -2.0, 3.0]]
+)
+
+
+def test_reinforce_importance_modes_on_a_two_step_tree():
+    # trajectory and per-decision are unbiased; per-step, which leaves out the ratio
+    # of a_0 from the term of a_1 (so the states s_1 keep π_old's frequencies), is
+    # not: a first-order approximation, the bias grows with θ − θ_old
+    g = torch.Generator().manual_seed(6)
+    M = 20_000
+    theta_old = torch.zeros(4, 3)
+    theta = theta_old + 0.6 * torch.randn(4, 3, generator=g)
+    first = torch.multinomial(theta_old[0].softmax(-1), M, True, generator=g)
+    second = torch.multinomial(theta_old[1].softmax(-1), M, True, generator=g)
+    states = torch.stack([torch.zeros(M, dtype=torch.long), 1 + first])
+    actions = torch.stack([first, second])  # π_old is uniform in every state
+    rewards = TREE_REWARDS[states, actions] + torch.randn(2, M, generator=g)
+    # exact: J(θ) = Σ_a π(a|0) (R[0, a] + Σ_a' π(a'|1 + a) R[1 + a, a']), by autograd
+    exact_theta = theta.clone().requires_grad_()
+    pi = exact_theta.softmax(-1)
+    later = (pi[1:] * TREE_REWARDS[1:]).sum(-1)
+    (pi[0] * (TREE_REWARDS[0] + later)).sum().backward()
+    exact = exact_theta.grad.flatten()
+    errors = {}
+    for mode in MODES:
+        estimates = importance_sampled_gradients(
+            theta, theta_old, states, actions, rewards, mode
+        )
+        errors[mode] = within_standard_errors(estimates, exact)
+    # seed 6: trajectory and per-decision 1.6 standard errors off, per-step 62; over
+    # seeds 6-15 at most 2.0 and at least 11
+    assert errors["trajectory"] < 5 and errors["per-decision"] < 5, errors
+    assert errors["per-step"] > 5, errors
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reinforce_update_epochs_log_ess(mode, tmp_path):
+    argv = ["--update-epochs", "3", "--importance", mode, "--total-timesteps", "300"]
+    argv += ["--num-envs", "4", "--eval-episodes", "0", "--log-every", "1"]
+    argv += ["--log-dir", str(tmp_path), "--device", "cpu"]
+    result = train_cli("reinforce.py", argv)
+    tags = read_scalars(result["run_dir"])
+    ess = [v for _, v in tags["diagnostics/ess"]]
+    max_weight = [v for _, v in tags["diagnostics/max_weight"]]
+    assert ess and all(0 < v <= 1 + 1e-6 for v in ess)
+    # the largest of weights whose mean is about 1 is above 1 (unless all are 1)
+    assert all(v >= 1 - 1e-6 for v in max_weight)
+    # K = 1 logs neither: its one step is on-policy
+    argv[1] = "1"
+    tags = read_scalars(train_cli("reinforce.py", argv)["run_dir"])
+    assert "diagnostics/ess" not in tags and "diagnostics/max_weight" not in tags
 
 
 def collect(agent, env_id, n, seed, run=None):
