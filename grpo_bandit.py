@@ -1,4 +1,5 @@
-"""GRPO (Group Relative Policy Optimization) on bandits, and RLHF's pipeline around it.
+"""GRPO (Group Relative Policy Optimization) on bandits, PPO-style RLHF beside it, and
+RLHF's pipeline around both.
 
 GRPO (Shao et al. 2024, DeepSeekMath, arXiv:2402.03300) is PPO without a critic: for
 each prompt it samples a group of G answers from π_old and uses each answer's reward
@@ -10,22 +11,28 @@ answers: prompt = context c, answer = arm a, reward r(c, a) of mean r*(c, a).
   k3_i = π_ref(a_i|c)/π_θ(a_i|c) − log(π_ref(a_i|c)/π_θ(a_i|c)) − 1  ≈ KL(π_θ‖π_ref)
   J(θ) = Ê[min(ρ_i Â_i, clip(ρ_i, 1 − ε, 1 + ε) Â_i) − β k3_i]   (1/|o_i| is 1 here)
 
---scale-rewards none drops the std (Dr. GRPO, Liu et al. 2025, arXiv:2503.20783: it
-up-weights too easy or too hard prompts). --advantage reinforce subtracts the mean R̄ of
-all earlier rewards (Sutton & Barto 2018, 2.8), a poor baseline when contexts differ in
-difficulty: the per-prompt group mean is GRPO's point.
+--advantage ppo is PPO-style RLHF (Ouyang et al. 2022, arXiv:2203.02155), which Igel's
+"GRPO" slide sets beside GRPO: a learned critic V_ψ(c) instead of the group mean, and
+the KL leash folded into each answer's reward instead of a loss term:
+  r̃_i = r_i − β log(π_old(a_i|c) / π_ref(a_i|c))   π_old: π_θ when a_i was drawn
+  Â_i = r̃_i − V_ψ(c_i)                Igel's "PPO sampling": Â = R̂ − V̂, R̂_i = r̃_i
+  min_ψ Ê[(V_ψ(c_i) − r̃_i)²]          the critic's regression, "Fit value function"
+  J(θ) = Ê[min(ρ_i Â_i, clip(ρ_i, 1 − ε, 1 + ε) Â_i)]    "PPO-Clip optimization"
+--scale-rewards none drops GRPO's std (Dr. GRPO, Liu et al. 2025, arXiv:2503.20783:
+it up-weights too easy or too hard prompts). --advantage reinforce subtracts the mean
+R̄ of all earlier rewards (Sutton & Barto 2018, 2.8), a poor baseline when contexts
+differ in difficulty: GRPO's group mean and PPO's V_ψ(c) are per prompt.
 
-RLHF (Ouyang et al. 2022, arXiv:2203.02155) in three stages, with --reward preference:
+RLHF (Ouyang et al. 2022) in three stages, with --reward preference:
   1. reference policy π_ref: the initial policy, frozen (a bandit has no demos);
   2. reward model r_φ from comparisons a ≠ b ~ π_ref(·|c), labelled by a hidden r* with
      P(a ≻ b) = σ(r*(c, a) − r*(c, b)) (Bradley–Terry): `fit_reward_model`;
-  3. RL with a KL leash: GRPO on r_φ, penalised by β KL(π_θ‖π_ref) (`train`).
+  3. RL with a KL leash β KL(π_θ‖π_ref): GRPO or PPO on r_φ (`train`).
 Why the leash: r_φ saw few comparisons, of π_ref's answers only, and a policy free to
 maximise r_φ finds its errors (over-optimisation, Gao et al. 2022, arXiv:2210.10760):
-charts/learned_reward rises while charts/true_reward stalls or falls. β > 0 holds π_θ
-near π_ref, where r_φ was fitted.
+charts/learned_reward rises while charts/true_reward stalls or falls.
 
-Usage: python grpo_bandit.py --env-id contextual [--reward preference --beta 0]
+Usage: python grpo_bandit.py --env-id contextual [--advantage ppo] [--reward preference]
        python grpo_bandit.py --eval-model runs/<run>/grpo_bandit.pt
 """
 
@@ -54,8 +61,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 @dataclass
 class Args:
-    advantage: Literal["grpo", "reinforce"] = "grpo"
-    """b of Â_i = r_i − b: the group's mean (grpo), or R̄ of all earlier rewards"""
+    advantage: Literal["grpo", "reinforce", "ppo"] = "grpo"
+    """b of Â_i = r_i − b: the group's mean, R̄ of earlier rewards, or ppo's V_ψ(c)"""
     scale_rewards: Literal["group", "none"] = "group"
     """divide Â_i by the group's std; none: Dr. GRPO (--advantage grpo only)"""
     num_prompts: int = 8
@@ -66,12 +73,14 @@ class Args:
     """μ: gradient steps on each batch; typically 1-4"""
     learning_rate: float = 0.05
     """Adam step size of the policy (contextual: 0.01)"""
+    critic_learning_rate: float = 0.05
+    """Adam step size of the critic V_ψ(c) (--advantage ppo); typically 0.01-0.2"""
     clip_eps: float = 0.2
     """ε: clip range of ρ_i; typically 0.1-0.3"""
     beta: float = 0.04
-    """β: weight of the k3 KL penalty to π_ref; typically 0-0.04 (0 drops π_ref)"""
+    """β: weight of the KL to π_ref (k3 in the loss; ppo: in r̃); typically 0-0.04"""
     hidden: int = 64
-    """width of the hidden layer of the contextual policy and of the reward model"""
+    """width of the hidden layer of the contextual policy, critic and reward model"""
     reward: Literal["true", "preference"] = "true"
     """train on r ~ r*, or on r_φ learned from comparisons (RLHF)"""
     num_preferences: int = 100
@@ -137,6 +146,9 @@ def check_args(args: Args):
     check(args.hidden >= 1, f"--hidden {args.hidden} must be >= 1")
     lr = args.learning_rate
     check(0 < lr < math.inf, f"--learning-rate {lr} must be > 0 and finite")
+    critic_lr = args.critic_learning_rate
+    critic_ok = 0 < critic_lr < math.inf
+    check(critic_ok, f"--critic-learning-rate {critic_lr} must be > 0 and finite")
     check(0 < args.clip_eps < math.inf, f"--clip-eps {args.clip_eps} must be > 0")
     check(0 <= args.beta < math.inf, f"--beta {args.beta} must be >= 0 and finite")
     n = args.num_preferences
@@ -149,7 +161,7 @@ def check_args(args: Args):
 
 
 # ── The math: GRPO's group advantages, the k3 KL estimate, the clipped objective;
-# RLHF's Bradley–Terry loss
+# PPO-style RLHF's KL-shaped reward and value loss; RLHF's Bradley–Terry loss
 def categorical_logp(logits, actions):
     """log π(a|c) = z_a − log Σ_b exp z_b, of logits z, (N, K), and actions a, (N,)."""
     log_pi = logits.log_softmax(-1)
@@ -205,6 +217,24 @@ def grpo_loss(logp, logp_old, logp_ref, advantages, clip_eps: float, beta: float
     return -(surrogate.mean() - beta * kl)
 
 
+def kl_shaped_rewards(rewards, logp_old, logp_ref, beta: float):
+    """r̃_i, PPO-style RLHF's reward (Ouyang et al. 2022, eq. 2): the KL leash paid per
+    answer. log π_old is π_θ's log-prob when a_i was drawn, a constant: the penalty is
+    part of the reward, not a loss term to differentiate. Its mean over a_i ~ π_old is
+    KL(π_old‖π_ref) (the k1 estimate), and the policy gradient E[∇log π_θ(a|c) r̃] at
+    θ = θ_old is exactly ∇(E[r] − β KL(π_θ‖π_ref)), since E[∇log π_θ] = 0."""
+    # r̃_i = r_i − β (log π_old(a_i|c) − log π_ref(a_i|c))
+    return rewards - beta * (logp_old - logp_ref)
+
+
+def value_loss(values, critic_targets):
+    """Ê[(V_ψ(c_i) − R_i)²] with R_i = r̃_i, the return of a one-answer episode (Igel's
+    "Fit value function" with R̂ = r̃): V_ψ(c) regresses on E_{a~π_θ}[r̃(c, a)], the
+    baseline of prompt c that GRPO estimates by its group mean instead."""
+    # (V_ψ(c_i) − r̃_i)², averaged over the batch
+    return ((values - critic_targets) ** 2).mean()
+
+
 def bradley_terry_loss(r_w, r_l):
     """−log σ(r_φ(a_w) − r_φ(a_l)), the mean negative log-likelihood of "a_w ≻ a_l"
     under Bradley–Terry, P(a ≻ b) = σ(r(a) − r(b)). Per pair, its gradient in r_w is
@@ -213,7 +243,7 @@ def bradley_terry_loss(r_w, r_l):
     return -nn.functional.logsigmoid(r_w - r_l).mean()
 
 
-# ── The bandit, and the network of the policy and of the reward model
+# ── The bandit, and the networks of the policy, the critic and the reward model
 class Bandit:
     """Arm means r*(c, a), shape (contexts, K), fixed by bandit_seed. gaussian: r* ~
     N(0, 1), r ~ N(r*, 1) (Sutton & Barto's 10-armed testbed); bernoulli: r* ~ U(0, 1),
@@ -288,6 +318,18 @@ class Policy(nn.Module):
             return self(contexts.to(device)).argmax(-1).cpu()
 
 
+class Critic(Policy):
+    """V_ψ(c) of --advantage ppo: the policy's network with one output, read as the
+    value of prompt c (a single number for a one-context bandit); ≈ 0 at the start."""
+
+    def __init__(self, num_contexts: int, hidden: int):
+        super().__init__(num_contexts, 1, hidden)
+
+    def forward(self, contexts):
+        """V_ψ(c), (N,), of a batch of context indices, (N,)."""
+        return super().forward(contexts).squeeze(-1)
+
+
 # ── RLHF's stage 2: the reward model r_φ, fitted to comparisons
 def sample_preferences(bandit, reference, n: int):
     """n labelled comparisons: a context c, two different answers a, b ~ π_ref(·|c), and
@@ -336,8 +378,8 @@ def fit_reward_model(args: Args, bandit: Bandit, reference: Policy, run):
     return r_phi
 
 
-# ── Stage 3: GRPO. B prompts × G answers from π_old → group advantages → μ clipped
-# steps → log
+# ── Stage 3: GRPO (or PPO). B prompts × G answers from π_old → group advantages (or
+# r̃ − V_ψ) → μ clipped steps (and μ critic steps) → log
 def collect(policy: Policy, bandit: Bandit, log_ref, r_phi, B: int, G: int) -> dict:
     """B prompts, G answers to each from π_old, scored by the reward. Flat, (B*G,)."""
     contexts = torch.randint(len(bandit.means), (B,), device=log_ref.device)
@@ -360,19 +402,71 @@ def collect(policy: Policy, bandit: Bandit, log_ref, r_phi, B: int, G: int) -> d
     )
 
 
+def estimate(args: Args, batch: dict, critic: Optional[Critic], reward_mean) -> dict:
+    """The advantages Â_i, (B*G,), by --advantage: GRPO's group-relative ones, r_i − R̄
+    (reward_mean, R̄ of all earlier rewards), or PPO's r̃_i − V_ψ(c_i); for ppo also
+    the critic's targets r̃_i and its values V_ψ(c_i) before this batch's update."""
+    rewards = batch["rewards"]
+    if args.advantage == "grpo":
+        scale = args.scale_rewards == "group"
+        # one row per prompt: (B, G)
+        groups = rewards.view(-1, args.group_size)
+        advantages = group_relative_advantages(groups, scale).flatten()
+        return dict(advantages=advantages)
+    if args.advantage == "reinforce":
+        # Â_i = r_i − R̄: one baseline for every prompt
+        return dict(advantages=rewards - reward_mean)
+    # r̃_i: the KL leash folded into the reward, with π_old (π_θ at sampling time)
+    critic_targets = kl_shaped_rewards(
+        rewards, batch["logp_old"], batch["logp_ref"], args.beta
+    )
+    # V_ψ(c_i) as it is before this batch's critic steps, a constant: the baseline, not
+    # a thing to move. A copy: a one-context critic's output is a view of its parameter,
+    # which the critic's optimizer changes in place.
+    values = critic(batch["contexts"]).detach().clone()
+    # Â_i = r̃_i − V_ψ(c_i)
+    advantages = critic_targets - values
+    return dict(advantages=advantages, critic_targets=critic_targets, values=values)
+
+
 def update(args: Args, policy: Policy, optimizer, batch: dict, advantages):
     """μ gradient steps on one batch; ρ moves away from 1 after the first. Returns the
     last step's loss and log π_θ(a_i|c)."""
     logp_old = batch["logp_old"]
     logp_ref = batch["logp_ref"]
+    # PPO-style RLHF has paid the KL in r̃ already: no k3 term in its loss
+    beta = args.beta
+    if args.advantage == "ppo":
+        beta = 0.0
     for _ in range(args.num_inner_steps):
         logp = categorical_logp(policy(batch["contexts"]), batch["actions"])
-        loss = grpo_loss(logp, logp_old, logp_ref, advantages, args.clip_eps, args.beta)
+        loss = grpo_loss(logp, logp_old, logp_ref, advantages, args.clip_eps, beta)
         check_finite(policy_loss=loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return loss, logp.detach()
+
+
+def update_critic(args: Args, critic: Critic, optimizer, contexts, critic_targets):
+    """μ Adam steps of the critic's regression on one batch, after the policy's (Igel's
+    Algorithm 8 interleaves them; the networks share nothing, so the order changes
+    nothing). Returns the last step's loss."""
+    for _ in range(args.num_inner_steps):
+        loss = value_loss(critic(contexts), critic_targets)
+        check_finite(value_loss=loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 − Var[R − V] / Var[R]: 1 for a perfect critic, 0 for a constant one."""
+    var = target.var()
+    if var == 0:
+        return float("nan")
+    return float(1 - (target - pred).var() / var)
 
 
 def policy_stats(policy: Policy, log_ref, bandit: Bandit, r_phi) -> dict:
@@ -421,7 +515,14 @@ def train(args: Args) -> dict:
         r_phi = None
         if args.reward == "preference":
             r_phi = fit_reward_model(args, bandit, reference, run)
-        # stage 3: GRPO on r (or r_φ), leashed to π_ref
+        # V_ψ(c) and its own optimizer (--advantage ppo), made after r_φ: the same seed
+        # gives GRPO and PPO the same comparisons and the same r_φ
+        critic = None
+        if args.advantage == "ppo":
+            critic = Critic(C, args.hidden).to(device)
+            critic_lr = args.critic_learning_rate
+            critic_optimizer = torch.optim.Adam(critic.parameters(), lr=critic_lr)
+        # stage 3: GRPO (or PPO) on r (or r_φ), leashed to π_ref
         for iteration in range(iterations):
             # ---- collect: B prompts, G answers each from π_old, their rewards ----
             batch = collect(policy, bandit, log_ref, r_phi, B, G)
@@ -432,18 +533,18 @@ def train(args: Args) -> dict:
             gaps = bandit.best_mean[contexts] - bandit.means[contexts, actions]
             regret += gaps.sum()
             # ---- estimate: the advantages Â_i ----
-            if args.advantage == "grpo":
-                scale = args.scale_rewards == "group"
-                advantages = group_relative_advantages(rewards.view(B, G), scale)
-                advantages = advantages.flatten()
-            else:
-                # Â_i = r_i − R̄, R̄ = mean of all earlier rewards (0 at first): one
-                # baseline for every prompt
-                advantages = rewards - reward_sum / max(run.step, 1)
+            # R̄ = mean of all earlier rewards (0 at first), for --advantage reinforce
+            reward_mean = reward_sum / max(run.step, 1)
+            est = estimate(args, batch, critic, reward_mean)
             reward_sum += rewards.sum()
             run.step += B * G
-            # ---- update: μ clipped gradient steps ----
-            loss, logp = update(args, policy, optimizer, batch, advantages)
+            # ---- update: μ clipped gradient steps (and μ critic steps) ----
+            loss, logp = update(args, policy, optimizer, batch, est["advantages"])
+            if critic is not None:
+                critic_targets = est["critic_targets"]
+                v_loss = update_critic(
+                    args, critic, critic_optimizer, contexts, critic_targets
+                )
             # ---- log (every --log-every pulls) ----
             if run.due():
                 run.last_return = rewards.mean().item()
@@ -455,6 +556,10 @@ def train(args: Args) -> dict:
                 stats["charts/mean_reward"] = run.last_return
                 stats["losses/policy_loss"] = loss.item()
                 stats["diagnostics/clipfrac"] = clipfrac
+                if critic is not None:
+                    stats["losses/value_loss"] = v_loss.item()
+                    ev = explained_variance(est["values"], critic_targets)
+                    stats["diagnostics/explained_variance"] = ev
                 run.log(stats)
             run.progress()
         return run.finish()

@@ -169,11 +169,16 @@ SUITES = {
         3,
     ),
     # issue 30: reinforce.py on-policy (K = 1) beside K = 4 steps per batch, steps 2-4
-    # importance weighted with each --importance mode
+    # importance weighted with each --importance mode; a constant step size, so that
+    # π_θ keeps moving as the episodes grow long (annealed, it barely moves late on)
     "reinforce-importance": (
-        [variant("reinforce.py", "--update-epochs 1", "k1")]
+        [variant("reinforce.py", "--update-epochs 1 --no-anneal-lr", "k1")]
         + [
-            variant("reinforce.py", f"--update-epochs 4 --importance {m}", f"k4-{m}")
+            variant(
+                "reinforce.py",
+                f"--update-epochs 4 --importance {m} --no-anneal-lr",
+                f"k4-{m}",
+            )
             for m in ("trajectory", "per-decision", "per-step")
         ],
         ["CartPole-v1"],
