@@ -18,12 +18,25 @@ Sutton & Barto's one-step actor-critic (section 13.3) is --num-envs 1 --num-step
 of the discounted objective from s_0. Like all deep-RL code we drop it and weight all
 steps alike (reinforce.py's --weight-by-gamma-t shows both forms).
 
+--critic q: the Q actor-critic of CSCI 1470 (Ewing), day 31's slide "Actor-Critic
+Algorithm: Learn Q^π and π(a|s)", the critic form γ^j Q^π(S_j, A_j) of its "Variations
+on a Theme..." and of the second deck's "Actor Critic Algorithms"; one-step Sarsa as in
+Igel's "State-value function targets". Q_w(s, a) learns by one-step SARSA from the
+action the policy takes next, and the actor weights log π by an advantage read off Q_w
+(n then sets only the rollout's size, and λ is unused):
+  y_t = r_t + γ (1 − term_t) Q_w(s_{t+1}, a′),  a′ ~ π_θ(·|s_{t+1})    the SARSA target
+  Ψ_t = Q_w(s_t, a_t) − Σ_b π_θ(b|s_t) Q_w(s_t, b)          Discrete: Q − V, V exact
+  Ψ_t = Q_w(s_t, a_t) − Q_w(s_t, ã),  ã ~ π_θ(·|s_t)         Box: a one-sample baseline
+  loss = −Ê[log π_θ(a_t|s_t) Ψ_t] + c_v Ê[(Q_w(s_t, a_t) − y_t)²] − c_e Ê[H(π_θ(·|s_t))]
+with two step sizes as on the slide: α_w = --q-lr-ratio · α_θ, the critic the faster.
+
 Discrete actions: softmax policy. Box actions: diagonal Gaussian with state-independent
 log σ, clipped to the bounds when stepped, running observation and reward normalisation.
 Defaults: RL-Zoo's CartPole settings (SB3's A2C, 8 envs); for a Box env its
 continuous-control settings (BOX_DEFAULTS; `--env-id Hopper-v5 --help` shows them).
 
 Usage: python a2c.py --env-id CartPole-v1
+       python a2c.py --env-id CartPole-v1 --critic q
        python a2c.py --env-id HalfCheetah-v5 --optimizer adam
        python a2c.py --eval-model runs/<run>/a2c.pt
 """
@@ -76,6 +89,11 @@ class Args:
     """running observation and reward normalisation (Box: on)"""
     hidden: int = 64
     """width of the two hidden layers of actor and critic; typically 64-256"""
+    critic: Literal["v", "q"] = "v"
+    """V_w(s) with n-step/GAE targets (A2C), or Q_w(s, a) learnt by one-step SARSA (the
+    Q actor-critic; Discrete: one head per action, Box: the action is an input)"""
+    q_lr_ratio: float = 10.0
+    """α_w/α_θ: the Q critic's step size over the actor's (--critic q only); 3-30"""
 
     # The run
     env_id: str = "CartPole-v1"
@@ -146,6 +164,9 @@ def check_args(args: Args, obs_space, act_space):
     check(math.isfinite(c_e) and c_e >= 0, f"--ent-coef {c_e} must be finite and >= 0")
     c_v = args.vf_coef
     check(math.isfinite(c_v) and c_v >= 0, f"--vf-coef {c_v} must be finite and >= 0")
+    ratio = args.q_lr_ratio
+    ok = math.isfinite(ratio) and ratio > 0
+    check(ok, f"--q-lr-ratio {ratio} must be finite and > 0")
 
 
 # ── The estimators and losses, in the order the lecture derives them ──
@@ -178,6 +199,29 @@ def policy_loss(logp, advantages):
 def value_loss(values, critic_targets):
     """Ê[(V_θ(s_t) − R_t)²]: regression of the critic on the fixed targets R_t."""
     return ((values - critic_targets) ** 2).mean()
+
+
+# --critic q: the Q actor-critic's target and advantage.
+def sarsa_targets(rewards, next_q, terminations, gamma):
+    """One-step SARSA targets y_t, shape (T, N); next_q[t] is Q_w(s_{t+1}, a′) with a′
+    the action π_θ takes at s_{t+1} (s_{t+1} the true last observation where the
+    episode was truncated); terminations[t] = 1 where s_{t+1} is terminal."""
+    # y_t = r_t + γ (1 − term_t) Q_w(s_{t+1}, a′): a terminal state is worth 0
+    return rewards + gamma * (1.0 - terminations) * next_q
+
+
+def discrete_q_advantage(q_all, logits, actions):
+    """Ψ = Q_w(s, a) − Σ_b π_θ(b|s) Q_w(s, b) = Q_w(s, a) − V(s): V is exact given
+    Q_w, one sum over the heads. It has the expectation over a ~ π of plain Q_w(s, a)
+    (Σ_a π(a|s) ∇ log π(a|s) = ∇ Σ_a π(a|s) = 0: a state baseline adds no bias,
+    Guberina eq. 1.34-1.36; V = E_π Q and A = Q − V, eq. 1.72-1.76), without the
+    level V(s) that plain Q carries into every sample: the same gradient in
+    expectation, lower variance."""
+    # Q_w(s, a) of the action taken
+    q_sa = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    # V(s) = Σ_b π_θ(b|s) Q_w(s, b)
+    v = (logits.softmax(-1) * q_all).sum(-1)
+    return q_sa - v
 
 
 # Log-probabilities and entropies in closed form: the numbers torch.distributions gives,
@@ -272,7 +316,9 @@ class Agent(nn.Module):
     actor outputs softmax logits, or the Gaussian mean with a free log σ; the critic
     V(s) has a linear output (values are unbounded)."""
 
-    def __init__(self, obs_space, act_space, hidden: int, normalize: bool):
+    def __init__(
+        self, obs_space, act_space, hidden: int, normalize: bool, critic: str = "v"
+    ):
         super().__init__()
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
         obs_dim = obs_space.shape[0]
@@ -281,7 +327,15 @@ class Agent(nn.Module):
         else:
             act_dim = act_space.shape[0]
         self.obs_rms = RunningMeanStd(obs_dim) if normalize else None
-        self.critic = mlp(obs_dim, 1, hidden, out_std=1.0)
+        if critic == "v":
+            self.critic = mlp(obs_dim, 1, hidden, out_std=1.0)
+        elif self.discrete:
+            # Q_w(s, ·): one output per action. out_std 0.01: the actions start with
+            # about equal values, so Ψ ≈ 0 before the critic has learnt anything
+            self.critic = mlp(obs_dim, act_dim, hidden, out_std=0.01)
+        else:
+            # Q_w(s, a) on concat(s, a)
+            self.critic = mlp(obs_dim + act_dim, 1, hidden, out_std=0.01)
         # out_std 0.01: π starts near uniform, or μ ≈ 0
         self.actor = mlp(obs_dim, act_dim, hidden, out_std=0.01)
         if not self.discrete:
@@ -299,6 +353,15 @@ class Agent(nn.Module):
     def value(self, obs):
         """V(s)"""
         return self.critic(obs).squeeze(-1)
+
+    def q_value(self, obs, actions):
+        """Q_w(s, a) for a batch (--critic q). Box: of the action clipped to the
+        bounds, the one the env carried out."""
+        if self.discrete:
+            q_all = self.critic(obs)
+            return q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        a = actions.clamp(self.low, self.high)
+        return self.critic(torch.cat([obs, a], -1)).squeeze(-1)
 
     def logp_entropy(self, obs, actions):
         """log π_θ(a|s) and H(π_θ(·|s)) for a batch."""
@@ -340,7 +403,7 @@ class Agent(nn.Module):
 
 
 def make_agent(args: Args, obs_space, act_space) -> Agent:
-    return Agent(obs_space, act_space, args.hidden, args.normalize)
+    return Agent(obs_space, act_space, args.hidden, args.normalize, args.critic)
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -449,6 +512,54 @@ def estimate(buf: Rollout, values, next_values, args: Args):
     return advantages, critic_targets
 
 
+@torch.no_grad()
+def sarsa_next_actions(agent: Agent, next_obs, actions, dones):
+    """a′ of each s_{t+1}, like `actions`: the action taken at s_{t+1}, the rollout's
+    next row, where the episode goes on inside the rollout; a′ ~ π_θ(·|s_{t+1}) drawn
+    now at the rollout's last step and at an episode's end (at a truncation from the
+    true last observation; after a termination it is multiplied by 0). θ has not
+    changed since the rollout, so the draws come from the policy that acted."""
+    a_next = agent.sample(next_obs).to(actions.dtype)
+    goes_on = dones[:-1] == 0
+    a_next[:-1][goes_on] = actions[1:][goes_on]
+    return a_next
+
+
+def q_estimate(agent: Agent, all_obs, actions, buf: Rollout, args: Args):
+    """--critic q: Q_w(s_t, a_t) with its graph, the actor's weights Ψ_t and the SARSA
+    targets y_t, (n, N) each, from the normalised s_t and s_{t+1} stacked as
+    (2n, N, obs_dim). Ψ_t and y_t carry no gradient: the critic regresses on fixed
+    targets, and the actor's gradient is Ê[∇ log π_θ(a_t|s_t) Ψ_t]."""
+    n = len(buf.obs)
+    obs, next_obs = all_obs.split(n)
+    dones = torch.as_tensor(buf.dones, device=buf.device)
+    a_next = sarsa_next_actions(agent, next_obs, actions, dones)
+    if agent.discrete:
+        q_all = agent.critic(obs)
+        q_sa = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    else:
+        q_sa = agent.q_value(obs, actions)
+    with torch.no_grad():
+        # Q_w(s_{t+1}, a′)
+        next_q = agent.q_value(next_obs, a_next)
+        rewards = torch.as_tensor(buf.rewards, device=buf.device)
+        terminations = torch.as_tensor(buf.terminations, device=buf.device)
+        targets = sarsa_targets(rewards, next_q, terminations, args.gamma)
+        if agent.discrete:
+            logits = agent.actor(obs)
+            psi = discrete_q_advantage(q_all, logits, actions)
+        else:
+            # Box: no sum over actions. Ψ = Q_w(s, a) − Q_w(s, ã), ã ~ π_θ(·|s): ã is
+            # drawn independently of a, so E_a[∇ log π(a|s) Q_w(s, ã)] = 0 and the
+            # baseline adds no bias; it removes the level of Q_w (returns of tens to
+            # hundreds) that plain Q_w(s, a) would put into every sample, so the
+            # gradient is driven by how a compares with another action of π, at the
+            # price of one more critic pass and the noise of one sample.
+            a_tilde = agent.sample(obs)
+            psi = q_sa - agent.q_value(obs, a_tilde)
+    return q_sa, psi, targets
+
+
 def update(agent: Agent, optimizer, buf: Rollout, args: Args, log: bool):
     """Estimate the targets, then one gradient step on the n·N samples of the rollout;
     with `log`, returns the iteration's diagnostics."""
@@ -458,13 +569,20 @@ def update(agent: Agent, optimizer, buf: Rollout, args: Args, log: bool):
     # raw s_t for all t, then s_{t+1} for all t: (2n, N, obs_dim)
     raw = torch.as_tensor(np.concatenate([buf.obs, buf.next_obs]), device=buf.device)
     all_obs = agent.normalize(raw)
-    # V(s_t), V(s_{t+1}): (n, N) each
-    values, next_values = agent.value(all_obs).split(n)
-    advantages, critic_targets = estimate(buf, values, next_values, args)
+    # a_t, (n, N) or (n, N, act_dim)
+    actions = torch.as_tensor(buf.actions, device=buf.device)
+    if args.critic == "q":
+        # Q_w(s_t, a_t) as the critic's "values", Ψ_t as the advantages, y_t
+        values, advantages, critic_targets = q_estimate(
+            agent, all_obs, actions, buf, args
+        )
+    else:
+        # V(s_t), V(s_{t+1}): (n, N) each
+        values, next_values = agent.value(all_obs).split(n)
+        advantages, critic_targets = estimate(buf, values, next_values, args)
 
     obs = all_obs[:n].flatten(0, 1)
-    actions = torch.as_tensor(buf.actions, device=buf.device).flatten(0, 1)
-    logp, entropy = agent.logp_entropy(obs, actions)
+    logp, entropy = agent.logp_entropy(obs, actions.flatten(0, 1))
     pg_loss = policy_loss(logp, advantages.flatten())
     v_loss = value_loss(values.flatten(), critic_targets.flatten())
     check_finite(policy_loss=pg_loss, value_loss=v_loss)
@@ -472,7 +590,7 @@ def update(agent: Agent, optimizer, buf: Rollout, args: Args, log: bool):
     loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    params = optimizer.param_groups[0]["params"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
     optimizer.step()
     if agent.obs_rms is not None:
@@ -494,12 +612,27 @@ def update(agent: Agent, optimizer, buf: Rollout, args: Args, log: bool):
 
 def make_optimizer(args: Args, agent: Agent) -> torch.optim.Optimizer:
     lr = args.learning_rate
+    params = agent.parameters()
+    if args.critic == "q":
+        # two step sizes, α_θ for the actor and α_w = ratio·α_θ for Q_w, as in the Q
+        # actor-critic slide. RMSprop and Adam scale each parameter's step to about α
+        # whatever the loss's size, so c_v cannot speed the critic up. At α_w = α_θ
+        # the one-step critic lags the actor: Q_w starts at 0 below returns of tens
+        # and rises fastest for the action taken most often, Ψ favours that action,
+        # π takes it more: on CartPole seeds 2 and 5 collapsed to one action within
+        # 10k steps (seed 1 did not). A critic 10× faster tracked Q^π on all three.
+        critic = list(agent.critic.parameters())
+        in_critic = {id(p) for p in critic}
+        actor = [p for p in agent.parameters() if id(p) not in in_critic]
+        params = [
+            dict(params=actor),
+            dict(params=critic, lr=lr * args.q_lr_ratio),
+        ]
     if args.optimizer == "rmsprop":
         # decay 0.99 and ε = 1e-5, as SB3's A2C and OpenAI baselines
-        params = agent.parameters()
         return torch.optim.RMSprop(params, lr=lr, alpha=0.99, eps=1e-5, foreach=True)
     # fused=True: one kernel for all parameters, ~4x faster steps than default on CPU
-    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
+    return torch.optim.Adam(params, lr=lr, eps=1e-5, fused=True)
 
 
 def train(args: Args) -> dict:
@@ -522,6 +655,9 @@ def train(args: Args) -> dict:
                 # linear decay to 0 over training
                 lr = args.learning_rate * (1.0 - iteration / iterations)
             optimizer.param_groups[0]["lr"] = lr
+            if args.critic == "q":
+                # α_w = ratio·α_θ, annealed alike
+                optimizer.param_groups[1]["lr"] = lr * args.q_lr_ratio
 
             # ---- collect n steps from each of the N envs with the current π_θ ----
             obs = collect_rollout(envs, agent, buf, obs, reward_scale, run)

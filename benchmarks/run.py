@@ -230,6 +230,8 @@ SUITES = {
     # their default budget is MuJoCo's 1M)
     "seeds": [
         ([variant(s) for s in DISCRETE], ["CartPole-v1"], 10),
+        # issue 30: a2c.py's Q actor-critic (SARSA critic) beside its V critic
+        ([variant("a2c.py", "--critic q", "q")], ["CartPole-v1"], 10),
         (
             [variant(s, "--total-timesteps 30000", "30k") for s in SMALL_OFF_POLICY],
             ["InvertedPendulum-v5"],
