@@ -36,7 +36,12 @@ CASES = {
         wrong_space="Blackjack-v1",
         lr_flag="--learning-rate",
         diverge=["--learning-rate", "1e30"],
-        bad=[["--num-envs", "0"], ["--vf-iters", "0"], ["--gamma", "nan"]],
+        bad=[
+            ["--num-envs", "0"],
+            ["--vf-iters", "0"],
+            ["--gamma", "nan"],
+            ["--update-epochs", "0"],
+        ],
     ),
     "a2c.py": dict(
         tiny=(
@@ -54,6 +59,8 @@ CASES = {
             ["--ent-coef", "-0.01"],
             ["--vf-coef", "-1"],
             ["--env-id", "Taxi-v3"],
+            ["--critic", "a"],
+            ["--critic", "q", "--q-lr-ratio", "0"],
         ],
     ),
     "dqn.py": dict(
@@ -137,6 +144,33 @@ CASES = {
             ["--beta", "nan"],
             ["--num-preferences", "0", "--reward", "preference"],
             ["--bandit-seed", "4294967296"],
+            ["--critic-learning-rate", "0", "--advantage", "ppo"],
+        ],
+    ),
+    # one worker: with more, the OS's scheduling makes runs differ (a3c.py's docstring)
+    "a3c.py": dict(
+        tiny=(
+            ["--env-id", "CartPole-v1", "--total-timesteps", "400"]
+            + ["--num-workers", "1", "--log-every", "100", "--eval-episodes", "2"]
+        ),
+        inconsistent=["--num-workers", "0"],
+        wrong_space="Blackjack-v1",
+        lr_flag="--learning-rate",
+        diverge=["--learning-rate", "1e30"],
+        bad=[
+            ["--method", "q", "--env-id", "Pendulum-v1"],
+            ["--method", "sarsa"],
+            ["--num-workers", "257"],
+            ["--num-steps", "0"],
+            ["--update-every", "0"],
+            ["--target-period", "0"],
+            ["--end-e", "2"],
+            ["--start-e", "-1"],
+            ["--exploration-fraction", "0"],
+            ["--gae-lambda", "2"],
+            ["--max-grad-norm", "nan"],
+            ["--ent-coef", "-0.01"],
+            ["--vf-coef", "inf"],
         ],
     ),
 }

@@ -330,6 +330,9 @@ ENV_MEETS_DEVICE = {
     "ddpg.py": ["ReplayBuffer.sample", "explore", "Actor.act"],
     "sac_continuous.py": ["ReplayBuffer.sample", "update_critics", "Actor.act"],
     "grpo_bandit.py": ["collect", "policy_stats", "Policy.act"],
+    # this process only evaluates; the workers are spawned processes, which import the
+    # file afresh: test_a3c.py runs their code here under the same check
+    "a3c.py": ["Agent.act"],
 }
 
 
