@@ -232,6 +232,9 @@ SUITES = {
         ([variant(s) for s in DISCRETE], ["CartPole-v1"], 10),
         # issue 30: a2c.py's Q actor-critic (SARSA critic) beside its V critic
         ([variant("a2c.py", "--critic q", "q")], ["CartPole-v1"], 10),
+        # issue 30: a3c.py (2 worker processes: run it with --workers 1 beside a2c's
+        # row for wall times that compare)
+        ([variant("a3c.py")], ["CartPole-v1"], 10),
         (
             [variant(s, "--total-timesteps 30000", "30k") for s in SMALL_OFF_POLICY],
             ["InvertedPendulum-v5"],
