@@ -157,11 +157,11 @@ def test_a2c_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
         assert ckpt["model"]["obs_rms.var"].ne(1.0).all()
 
 
-# Held-out seeds: the defaults were calibrated on seeds 1 and 2;
-# benchmarks/results/seeds has every script at its defaults on seeds 1-10
-# (`python benchmarks/run.py --suite seeds`).
+# Held-out seeds: the defaults were calibrated on seeds 1 and 2, and checked on seeds
+# 1-10 (benchmarks/results/seeds) and 31-50 (19/20); seeds 51-70 played no part
+# (19/20, benchmarks/results/seeds/trpo-a2c-seeds.md).
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("seed", [51, 52])
 def test_a2c_solves_cartpole_in_200k_steps(seed, tmp_path):
     argv = ["--seed", str(seed), "--log-dir", str(tmp_path), "--device", "cpu"]
     result = train_cli("a2c.py", argv)

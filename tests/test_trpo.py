@@ -431,25 +431,20 @@ def test_trpo_smoke_saves_logs_and_evaluates_from_file(env_id, tmp_path):
     assert f"eval/episodic_return {result['eval_return']:.2f}" in proc.stdout
 
 
-# Calibration on an AMD EPYC VM (`python trpo.py --seed S --total-timesteps 150000`):
-# seeds 1-6 all reach a mean training return of 475 over 10 consecutive episodes,
-# between 28k and 66k steps. The greedy evaluation at the end is the wrong yardstick
-# here: it gave 340-500 (seed 1: 340 while its last 20 training episodes averaged 499),
-# and CPUs round differently (seed 1 evaluated to 500 on an Intel VM), so one seed's
-# final greedy policy is a coin toss. Left out of that calibration, seeds 7-10
-# (benchmarks/results/seeds, the same runs): 8, 9 and 10 reach 500, seed 7 only 371.8
-# by this measure, though its greedy evaluation is 500. The test runs seeds 8 and 9.
+# Held-out seeds: δ = 0.005 was chosen on seeds 31-50 (20/20 evaluate ≥ 475; at
+# δ = 0.01, 19/20). On seeds 51-70, which played no part, 19/20 at 0.005 and 15/20 at
+# 0.01 (benchmarks/results/seeds/trpo-a2c-seeds.md). Seeds 54 and 63 are two of those
+# that δ = 0.01 lost (344.4 and 158.9): the training return passed 475 and the greedy
+# policy drifted off it in the updates after.
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [8, 9])
+@pytest.mark.parametrize("seed", [54, 63])
 def test_trpo_solves_cartpole_in_100k_steps(seed, tmp_path):
-    argv = ["--seed", str(seed), "--total-timesteps", "100000", "--eval-episodes", "0"]
-    argv += ["--log-dir", str(tmp_path), "--device", "cpu"]
+    argv = ["--seed", str(seed), "--log-dir", str(tmp_path), "--device", "cpu"]
     result = train_cli("trpo.py", argv)
     episodes = read_scalars(result["run_dir"])["charts/episodic_return"]
-    # training runs whole iterations up to 100,352 steps: count the first 100k only
-    assert result["steps"] >= 100_000
-    returns = [r for step, r in episodes if step <= 100_000]
+    returns = [r for step, r in episodes]
     assert max(np.convolve(returns, np.ones(10) / 10, "valid")) >= 475
+    assert result["eval_return"] >= 475
 
 
 @pytest.mark.regression
