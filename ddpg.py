@@ -18,7 +18,7 @@ are rescaled affinely to the env's bounds when stepped, so σ is a fraction of t
 half-range of each action. Defaults: CleanRL's MuJoCo settings (batch 256, 256×256 nets,
 buffer 1e6, lr 3e-4, σ = 0.1), with d = 1 and 5k random steps (CleanRL's 25k would leave
 a 30k-step run 5k steps of learning; 5k is sac_continuous.py's, and InvertedPendulum
-needs ~20k); 2 CPU threads ran the 256-wide updates 1.7× faster than 1.
+needs ~20k).
 
 Usage: python ddpg.py --env-id Hopper-v5
        python ddpg.py --env-id HalfCheetah-v5 --seed 3
@@ -86,8 +86,9 @@ class Args:
     """set torch.backends.cudnn.deterministic"""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """auto picks cuda, then mps, then cpu"""
-    threads: int = 2
-    """CPU threads: 2 pays on 2 idle cores, 1 beside other jobs; 0: torch's default"""
+    threads: int = 1
+    """torch CPU threads; 2 ran ~1.3× faster on 2 idle cores, 2-4× slower beside busy
+    jobs (its threads spin, waiting for each other); 0: torch's default"""
     log_dir: str = "runs"
     """TensorBoard runs go to {log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}"""
     log_every: int = 1_000
