@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, load
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import profile_run  # noqa: E402
 import report  # noqa: E402
 import run as grid  # noqa: E402
 import throughput  # noqa: E402
@@ -447,3 +448,32 @@ def test_benchmarks_throughput_ratios_are_medians_of_paired_rounds():
         "| 20.0 | 8.0 |"
     )
     assert whole in lines
+
+
+def test_benchmarks_profile_sorts_each_sample_into_its_stage():
+    """profile_run.classify on stacks written by hand in py-spy's collapsed form: the
+    first matching rule of its docstring decides the row."""
+    top = "<module> (ppo.py:870);main (ppo.py:861);train (ppo.py:576)"
+    collect = top + ";collect_rollout (ppo.py:300)"
+    cases = {
+        "<module> (ppo.py:10);_find_and_load (<frozen importlib>:1)": "outside train()",
+        top: "train · other",
+        collect + ";step (gymnasium/vector/sync_vector_env.py:200)": "env",
+        collect
+        + ";__call__ (torch/nn/modules/module.py:1)": "collect_rollout · forward",
+        collect + ";explore (ppo.py:210)": "collect_rollout · other",
+        top + ";update (ppo.py:400);backward (torch/_tensor.py:5)": "backward",
+        top + ";update (ppo.py:400);step (torch/optim/adam.py:9)": "optimizer step",
+        top + ";log (ppo.py:800);add_scalar (torch/utils/tensorboard/writer.py:1)": (
+            "TensorBoard"
+        ),
+        # the env rule comes first: a network inside a wrapper counts to the env
+        collect
+        + ";step (gymnasium/core.py:1);forward (torch/nn/modules/linear.py:1)": "env",
+        # another file's train is not the script's
+        "<module> (x.py:1);train (other.py:1);step (torch/optim/sgd.py:1)": (
+            "outside train()"
+        ),
+    }
+    for stack, row in cases.items():
+        assert profile_run.classify(stack, "ppo.py") == row, stack

@@ -21,6 +21,7 @@ RUN = ROOT / "benchmarks/run.py"
 REPORT = ROOT / "benchmarks/report.py"
 THROUGHPUT = ROOT / "benchmarks/throughput.py"
 SB3_RUN = ROOT / "benchmarks/sb3_run.py"
+PROFILE = ROOT / "benchmarks/profile_run.py"
 # (arguments, a part of the one line); a case that loads an algorithm script (torch,
 # an env) takes seconds, the others a fraction of one
 BUILD_CASES = [
@@ -107,6 +108,18 @@ THROUGHPUT_CASES = [
     # settings only the script's train would refuse: once, its measuring process hung
     (["--scripts", "ppo.py", "--flags=--num-envs 0"], "--num-envs"),  # seconds
 ]
+PROFILE_CASES = [
+    (["--rate", "0"], "--rate 0"),
+    (["--rate", "fast"], "--rate"),
+    (["--ratez", "3"], "Unrecognized options"),
+    (["--scripts", "nope.py"], "--scripts nope.py"),
+    (["--scripts", "benchmarks/run.py"], "not an algorithm script"),
+    (["--flags", "--seed 3"], "--flags='--seed 3'"),
+    (['--flags=--seed "3'], "No closing quotation"),
+    (["--out", "."], "is a folder"),
+    (["--out", "a_file/x.md"], "is not a folder"),
+    (["--out", "/proc/nope/x.md"], "cannot create"),
+]
 CARTPOLE = ["--script", "ppo.py", "--env-id", "CartPole-v1"]
 SB3_RUN_CASES = [
     ([], "required"),
@@ -183,6 +196,11 @@ def test_tool_faults_throughput_refuses(cwd, argv, part):
 @pytest.mark.parametrize("argv, part", SB3_RUN_CASES)
 def test_tool_faults_sb3_run_refuses(cwd, argv, part):
     refused(SB3_RUN, argv, cwd, part)
+
+
+@pytest.mark.parametrize("argv, part", PROFILE_CASES)
+def test_tool_faults_profile_refuses(cwd, argv, part):
+    refused(PROFILE, argv, cwd, part)
 
 
 def test_tool_faults_run_help_writes_flags_with_equals():
