@@ -87,8 +87,7 @@ class Args:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """auto picks cuda, then mps, then cpu"""
     threads: int = 1
-    """torch CPU threads; 2 ran ~1.3× faster on 2 idle cores, 2-4× slower beside busy
-    jobs (its threads spin, waiting for each other); 0: torch's default"""
+    """CPU threads, 0: torch's; 2 ran 1.3× faster on idle cores, 2-4× slower if busy"""
     log_dir: str = "runs"
     """TensorBoard runs go to {log_dir}/{env_id}__{exp_name}__{seed}__{unix_time}"""
     log_every: int = 1_000

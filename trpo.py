@@ -67,8 +67,7 @@ class Args:
     gae_lambda: float = 0.98
     """λ: GAE, 0 = one-step TD, 1 = Monte Carlo (Box: 0.95); typically 0.9-0.99"""
     max_kl: float = 0.005
-    """δ: trust-region radius, max KL(π_old‖π_θ) per update (Box: 0.01); typically
-    0.005-0.05"""
+    """δ: trust-region radius, max KL(π_old‖π_θ) per update (Box: 0.01); ~0.005-0.05"""
     cg_iters: int = 15
     """k: conjugate-gradient iterations for x ≈ F⁻¹g (Box: 25); typically 10-25"""
     cg_tol: float = 1e-5
