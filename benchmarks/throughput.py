@@ -16,7 +16,10 @@ that rotates from round to round. Ratios are taken within a round and the median
 rounds is reported. Every figure comes by the wall clock and by CPU time: on a shared
 machine the wall clock also measures the other tenants, CPU time barely. For the
 off-policy scripts a second table times the learning phase alone, from the first
-minibatch to the end.
+minibatch to the end. A third gives the wall time from each process's start to the
+first moment its training return (mean of the last 10 episodes) reaches the env's
+threshold (CartPole-v1 475, InvertedPendulum-v5 900, Pendulum-v1 -200), ours and SB3's
+from the same rounds.
 
 Bad input (a count below 1, an unknown script or env, settings a script refuses, an
 --out that cannot be written) stops it with one line and exit code 2 before anything
@@ -298,6 +301,39 @@ def printed_eval(fn, *args) -> float:
     return float(evals[-1].split()[1])
 
 
+# The returns that count as solving an env, where its registration has none (Pendulum)
+# or a stricter one (InvertedPendulum's 950): those of the seeds suite
+THRESHOLDS = {"InvertedPendulum-v5": 900.0, "Pendulum-v1": -200.0}
+
+
+def logged_episodes(run_dir: str) -> list[tuple[float, float]]:
+    """(wall-clock time, return) of each training episode a script logged to
+    TensorBoard, in order: the writer stamps each scalar with time.time()."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+
+    events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    if "charts/episodic_return" not in events.Tags()["scalars"]:
+        return []
+    return [(e.wall_time, e.value) for e in events.Scalars("charts/episodic_return")]
+
+
+def time_to_threshold(side: dict, threshold: float | None) -> float | None:
+    """Seconds from the start of the measuring process to the first episode end at
+    which the mean of the last 10 training returns reaches threshold (the seeds
+    suite's "steps to threshold", by the clock); None where it never does."""
+    episodes = side.get("episodes", [])
+    if threshold is None or "start" not in side:
+        return None
+    returns = [r for _, r in episodes]
+    for i in range(10, len(episodes) + 1):
+        if statistics.mean(returns[i - 10 : i]) >= threshold:
+            return episodes[i - 1][0] - side["start"]
+    return None
+
+
 # ---- the three measurements, each in a fresh spawned process. On a shared machine
 # the wall clock measures the other tenants as much as the code, so each also reports
 # CPU seconds (time.process_time), which they barely move.
@@ -322,6 +358,7 @@ def ours_child(
         cpu = end[1] - start[1]
         learning_starts = getattr(a, "learning_starts", None)
         learning = learning_rates(result["steps"], learning_starts, stamps, end)
+        episodes = logged_episodes(result["run_dir"])
         evaluation = float("nan")
         if eval_episodes:
             saved = ["--eval-model", result["model_path"]]
@@ -329,7 +366,7 @@ def ours_child(
             saved_args = module.parse_args(saved)
             evaluation = printed_eval(module.evaluate_saved, saved_args)
     rates = {"sps": result["steps"] / wall, "cpu_sps": result["steps"] / cpu}
-    return rates | {"eval": evaluation} | learning
+    return rates | {"eval": evaluation, "episodes": episodes} | learning
 
 
 def sb3_model(spec: dict, env_id: str, seed: int):
@@ -409,6 +446,17 @@ def sb3_child(
     wall = end[0] - start[0]
     cpu = end[1] - start[1]
     steps_done = model.num_timesteps
+    # each env's Monitor: episode returns and their end times since its t_start
+    venv = model.get_env()
+    episodes = sorted(
+        (t_start + t, r)
+        for t_start, times, returns in zip(
+            venv.get_attr("t_start"),
+            venv.env_method("get_episode_times"),
+            venv.env_method("get_episode_rewards"),
+        )
+        for t, r in zip(times, returns)
+    )
     learning_starts = spec["kwargs"].get("learning_starts")
     learning = learning_rates(steps_done, learning_starts, stamps, end)
     evaluation = float("nan")
@@ -419,7 +467,7 @@ def sb3_child(
         )
         evaluation = float(mean)
     rates = {"sps": steps_done / wall, "cpu_sps": steps_done / cpu}
-    return rates | {"eval": evaluation} | learning
+    return rates | {"eval": evaluation, "episodes": episodes} | learning
 
 
 def env_child(env_id: str, num_envs: int, steps: int, seed: int) -> dict:
@@ -475,7 +523,7 @@ def spawned(fn, *args) -> dict:
         except Exception as e:  # raised in the child, raised again here
             what = f"{fn.__name__}{args[:2]}"
             raise MeasurementFailed(f"{what} failed: {type(e).__name__}: {e}") from e
-    return result | {"wall": time.time() - start}
+    return result | {"wall": time.time() - start, "start": start}
 
 
 @dataclass
@@ -596,6 +644,15 @@ LEARNING_PHASE = (
     "buffer to the end of training, by the wall clock and by CPU time: the rate of "
     "learning itself, which the steps/s above blend with the much faster warm-up.\n"
 )
+TIME_TO_SOLVE = (
+    "Seconds from the start of the measuring process (Python start-up and imports "
+    "included) to the first episode end at which the mean of the last 10 training "
+    "returns reaches the threshold: the median over the rounds that reached it, "
+    "and how many did; the ratio (below 1: ours is sooner) is taken within each "
+    "round where both did. Ours: "
+    "the times TensorBoard stamped on `charts/episodic_return`; SB3: its Monitor's "
+    "episode times.\n"
+)
 NAN_SIDE = {key: float("nan") for key in ("sps", "cpu_sps", "wall", "cpu", "eval")}
 
 
@@ -635,6 +692,14 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
         "SB3 steps/CPU-s",
         "ours ÷ SB3 (CPU)",
     )
+    solved = table_head(
+        "script",
+        "env",
+        "threshold",
+        "ours (s)",
+        "SB3 (s)",
+        "ours ÷ SB3",
+    )
     detail = table_head(
         "script",
         "round",
@@ -672,8 +737,33 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
                 solved = f" ({reached}/{len(xs)} ≥ {threshold:g})"
             return f"{statistics.mean(xs):.1f}{solved}"
 
+        def seconds_to(side, goal):
+            # the median over the rounds that reached it, and how many did
+            xs = [time_to_threshold(r[side], goal) for r in rounds if side in r]
+            hit = [x for x in xs if x is not None]
+            if not xs:
+                return "—", []
+            text = f"{median(hit):.1f} ({len(hit)}/{len(xs)})" if hit else "not reached"
+            return text, xs
+
         script, env_id = p["script"], p["env_id"]
         name = p["sb3"]["algo"] if p["sb3"] else "none"
+        goal = THRESHOLDS.get(env_id, threshold)
+        if goal is not None:
+            ours_text, ours_xs = seconds_to("ours", goal)
+            sb3_text, sb3_xs = seconds_to("sb3", goal)
+            # within each round where both reached it, then the median
+            pairs = [o / b for o, b in zip(ours_xs, sb3_xs) if o and b]
+            solved.append(
+                row(
+                    script,
+                    env_id,
+                    f"{goal:g}",
+                    ours_text,
+                    sb3_text,
+                    f"**{median(pairs):.2f}×**" if pairs else "—",
+                )
+            )
         speed.append(
             row(
                 script,
@@ -766,6 +856,9 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
         "evaluation; on an idle machine a single-threaded run's wall time is about its "
         "CPU time.\n"
     )
+    time_to_solve = []
+    if len(solved) > 2:
+        time_to_solve = ["## Time to a solved run\n", TIME_TO_SOLVE, *solved, ""]
     return "\n".join(
         [
             header(title, seed_note, code=code),
@@ -778,6 +871,7 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
             whole_runs,
             *whole,
             "",
+            *time_to_solve,
             "## Every round\n",
             *detail,
             "",

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -265,6 +266,28 @@ def test_benchmarks_throughput_sb3_ppo_matches_our_settings_and_network():
     ]
     for side in sides:
         assert side["sps"] > 0 and side["cpu_sps"] > 0 and side["eval"] > 0
+    # both training sides report their episodes, in time order, with CartPole returns
+    t0 = time.time()
+    for side in sides[:2]:
+        times = [t for t, _ in side["episodes"]]
+        assert side["episodes"] and times == sorted(times) and times[-1] <= t0
+        assert all(1 <= r <= 500 for _, r in side["episodes"])
+
+
+def test_benchmarks_throughput_time_to_threshold_by_hand():
+    # 12 episodes ending at t = 101 ... 112 s of a process started at t = 100 s: the
+    # mean of the last 10 returns first reaches 100 at the 11th episode (returns 1-10
+    # are 91-100, mean 95.5; the 11th adds 150: (92 + ... + 100 + 150) / 10 = 101.4;
+    # the 12th adds 90: 101.2)
+    returns = [91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 150, 90]
+    side = {"start": 100.0, "episodes": [(101.0 + i, r) for i, r in enumerate(returns)]}
+    assert throughput.time_to_threshold(side, 100.0) == 11.0
+    assert throughput.time_to_threshold(side, 101.4) == 11.0
+    assert throughput.time_to_threshold(side, 101.5) is None
+    assert throughput.time_to_threshold(side, None) is None
+    # fewer than 10 episodes never count
+    side["episodes"] = side["episodes"][:9]
+    assert throughput.time_to_threshold(side, 0.0) is None
 
 
 MAPPED = [s for s in throughput.COUNTERPARTS if (ROOT / s).exists()]
