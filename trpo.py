@@ -522,6 +522,9 @@ def make_envs(env_id: str, num_envs: int, video_dir: Optional[str] = None):
                 return gym.make(env_id)
             env = gym.make(env_id, render_mode="rgb_array")
             folder = f"{video_dir}/env-{i}"
+            # RecordVideo imports its writer when the first episode ends; import it
+            # now, before any episode: a Ctrl-C inside an import can be lost there
+            importlib.import_module("moviepy.video.io.ImageSequenceClip")
             return gym.wrappers.RecordVideo(env, folder, lambda episode: episode == 0)
 
         return thunk
