@@ -753,7 +753,7 @@ def markdown(plans: list[dict], args: Args, code: str | None = None) -> str:
             ours_text, ours_xs = seconds_to("ours", goal)
             sb3_text, sb3_xs = seconds_to("sb3", goal)
             # within each round where both reached it, then the median
-            pairs = [o / b for o, b in zip(ours_xs, sb3_xs) if o and b]
+            pairs = [o / b for o, b in zip(ours_xs, sb3_xs) if None not in (o, b)]
             solved.append(
                 row(
                     script,
