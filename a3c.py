@@ -5,6 +5,11 @@ arXiv:1602.01783). N worker processes each step their own env with a local copy 
 the shared parameters θ, compute gradients on θ_k and apply them to θ in shared memory
 without a lock (Hogwild!, Recht et al. 2011), through one shared RMSProp. Workers in
 different parts of their envs decorrelate the updates, on CPU cores and without replay.
+Each worker here steps E envs side by side (--envs-per-worker), so an update averages
+E·n steps of E episodes. The paper's worker has one env: with E = 1 and 2 workers, the
+updates of θ come from two trajectories only, and CartPole runs climbed to 500 and fell
+back (benchmarks/results/seeds/a3c-variants.md). E = 8 and the paper's n = 5 give each
+update a2c.py's batch, while the workers stay asynchronous.
 
   R_t = r_t + γ R_{t+1}, from R_n = V(s_n) at the rollout's end, 0 after a termination,
         V(true last observation) after a truncation          n-step return (λ = 1)
@@ -57,9 +62,11 @@ class Args:
     method: Literal["ac", "q"] = "ac"
     """ac: advantage actor-critic (A3C); q: one-step Q-learning (Igel's Algorithm 5)"""
     num_workers: int = 2
-    """N: worker processes, each with one env and its own θ_k; typically 1-16 (cores)"""
-    num_steps: int = 32
-    """n: steps of a worker's rollout, n of the n-step return (ac); the paper: 5"""
+    """N: worker processes, each with its own envs and θ_k; typically 1-16 (cores)"""
+    envs_per_worker: int = 8
+    """E: envs each worker steps side by side; an update averages E·n steps (paper 1)"""
+    num_steps: int = 5
+    """n: steps of a worker's rollout, n of the n-step return (ac); typically 5-32"""
     learning_rate: float = 5e-4
     """η: step size of the shared RMSProp; typically 1e-4-1e-3"""
     optimizer: Literal["rmsprop", "adam"] = "rmsprop"
@@ -133,6 +140,8 @@ def check_args(args: Args, obs_space, act_space):
     )
     workers = args.num_workers
     check(1 <= workers <= 256, f"--num-workers {workers} must lie in [1, 256]")
+    E = args.envs_per_worker
+    check(1 <= E <= 256, f"--envs-per-worker {E} must lie in [1, 256]")
     check(args.num_steps >= 1, f"--num-steps {args.num_steps} must be >= 1")
     check(args.update_every >= 1, f"--update-every {args.update_every} must be >= 1")
     period = args.target_period
@@ -159,7 +168,7 @@ def check_args(args: Args, obs_space, act_space):
 
 # ── The estimators and losses: the n-step advantage (ac), the Q-learning target (q) ──
 # compute_gae is the copy shared with a2c.py, ppo.py and trpo.py: its T is the n of a
-# worker's rollout, its N the worker's one env.
+# worker's rollout, its N the worker's E envs.
 def compute_gae(rewards, values, next_values, terminations, dones, gamma, gae_lambda):
     """GAE(λ) advantages Â_t of a rollout; every argument has shape (T, N).
     next_values[t] is V(s_{t+1}) of the same episode (V of the true last observation
@@ -229,9 +238,9 @@ def gaussian_entropy(log_std):
 
 
 def td_target(rewards, terminations, next_q_target, gamma):
-    """y for T steps of one worker, from next_q_target = Q_θ⁻(s', ·), (T, |A|), computed
-    without gradient: y is a fixed regression target, not something to move. Igel's
-    Algorithm 5 writes max_a Q̂_target(s, a) on its line 3; s' is meant."""
+    """y for a worker's T·E steps, from next_q_target = Q_θ⁻(s', ·), (T·E, |A|),
+    computed without gradient: y is a fixed regression target, not something to move.
+    Igel's Algorithm 5 writes max_a Q̂_target(s, a) on its line 3; s' is meant."""
     # y = r + γ (1 − term) max_a' Q_θ⁻(s', a'): a terminal s' has value 0; a truncated
     # episode's s' is its true last observation, and bootstraps
     return rewards + gamma * (1.0 - terminations) * next_q_target.max(1).values
@@ -521,10 +530,10 @@ class Shared:
         self.queue = ctx.Queue()
         self.parent = os.getpid()
 
-    def count(self) -> int:
-        """T ← T + 1, under the counter's lock (+= reads, then writes); returns T."""
+    def count(self, steps: int) -> int:
+        """T ← T + steps under the lock of the counter (+= reads, then writes)."""
         with self.counter.get_lock():
-            self.counter.value += 1
+            self.counter.value += steps
             return self.counter.value
 
     def orphaned(self) -> bool:
@@ -548,7 +557,7 @@ def env_step(envs, buf: Rollout, t: int, obs, action, shared: Shared):
     ended) and T."""
     buf.obs[t] = obs
     obs, reward, terminated, truncated, info = envs.step(action)
-    step = shared.count()
+    step = shared.count(envs.num_envs)
     if "episode" in info:
         episode = {"episode": info["episode"], "_episode": info["_episode"]}
         shared.queue.put(("episode", step, episode))
@@ -603,17 +612,18 @@ def q_gradients(local: QNetwork, target: QNetwork, buf: Rollout, args: Args, log
     local's .grad (None before); with `log`, returns the diagnostics. y uses θ⁻ as it
     is now, at the update (Algorithm 5 computes it at each step, ≤ T_update steps
     earlier)."""
-    obs = torch.as_tensor(buf.obs[:, 0], device=buf.device)  # (T, obs_dim)
-    next_obs = torch.as_tensor(buf.next_obs[:, 0], device=buf.device)
-    actions = torch.as_tensor(buf.actions[:, 0], device=buf.device).long()  # (T,)
-    rewards = torch.as_tensor(buf.rewards[:, 0], device=buf.device)
-    terminations = torch.as_tensor(buf.terminations[:, 0], device=buf.device)
+    # the T steps of the E envs as one batch: (T·E, obs_dim) and (T·E,)
+    obs = torch.as_tensor(buf.obs, device=buf.device).flatten(0, 1)
+    next_obs = torch.as_tensor(buf.next_obs, device=buf.device).flatten(0, 1)
+    actions = torch.as_tensor(buf.actions, device=buf.device).flatten(0, 1).long()
+    rewards = torch.as_tensor(buf.rewards, device=buf.device).flatten()
+    terminations = torch.as_tensor(buf.terminations, device=buf.device).flatten()
     with torch.no_grad():
-        next_q_target = target(next_obs)  # Q_θ⁻(s', ·), (T, |A|)
+        next_q_target = target(next_obs)  # Q_θ⁻(s', ·), (T·E, |A|)
     y = td_target(rewards, terminations, next_q_target, args.gamma)
     q_taken = local(obs).gather(1, actions.unsqueeze(1)).squeeze(1)  # Q_θk(s, a)
-    # L = (1/T) Σ_t (y_t − Q_θk(s_t, a_t))²: Algorithm 5 sums the T gradients; the
-    # mean differs by the constant T, which RMSProp's division by √v cancels
+    # L = mean over the T·E steps of (y_t − Q_θk(s_t, a_t))²: Algorithm 5 sums the
+    # gradients of its one env's T steps; a constant factor, which RMSProp's √v cancels
     loss = ((y - q_taken) ** 2).mean()
     check_finite(td_loss=loss)
     loss.backward()
@@ -652,7 +662,7 @@ def worker_seed(seed: int, k: int) -> int:
 
 
 def work(k: int, args: Args, model, target, optimizer, shared: Shared):
-    """Worker k: its own env and copy θ_k; rollouts and updates until T reaches
+    """Worker k: its own E envs and copy θ_k; rollouts and updates until T reaches
     total_timesteps or the main process says stop."""
     seed = worker_seed(args.seed, k)
     random.seed(seed)
@@ -661,7 +671,7 @@ def work(k: int, args: Args, model, target, optimizer, shared: Shared):
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    envs = make_envs(args.env_id, 1)
+    envs = make_envs(args.env_id, args.envs_per_worker)
     obs_space = envs.single_observation_space
     act_space = envs.single_action_space
     device = next(model.parameters()).device
@@ -671,7 +681,7 @@ def work(k: int, args: Args, model, target, optimizer, shared: Shared):
     params = list(model.parameters())
     local_params = list(local.parameters())
     n = args.num_steps if args.method == "ac" else args.update_every
-    buf = Rollout(n, 1, obs_space, act_space, device)
+    buf = Rollout(n, args.envs_per_worker, obs_space, act_space, device)
     obs, _ = envs.reset(seed=seed)
     shared.queue.put(("ready", 0, k))
     if not shared.wait_for_go():
@@ -701,9 +711,9 @@ def work(k: int, args: Args, model, target, optimizer, shared: Shared):
                 action = epsilon_greedy(local.act, obs, epsilon, act_space.n)
                 buf.actions[t] = action
                 obs, step = env_step(envs, buf, t, obs, action, shared)
-                if step % args.target_period == 0:
-                    # θ⁻ ← θ in shared memory, by whichever worker's step T hits a
-                    # multiple of C: every worker's next target uses it
+                if step % args.target_period < envs.num_envs:
+                    # θ⁻ ← θ in shared memory, by the worker whose E steps took T past
+                    # a multiple of C: every worker's next target uses it
                     target.load_state_dict(model.state_dict())
 
         # ---- gradients at θ_k, applied to θ ----

@@ -70,18 +70,19 @@ class CountingEnv(gym.Env):
 gym.register("A3CTestCounting-v0", entry_point=CountingEnv, max_episode_steps=4)
 
 
-def test_a3c_worker_pairs_each_state_with_its_own_successor():
-    """env_step, as a worker calls it, over 40 steps of one env: s_{t+1} is one step
+@pytest.mark.parametrize("E", [1, 3])
+def test_a3c_worker_pairs_each_state_with_its_own_successor(E):
+    """env_step, as a worker calls it, over 40 steps of its E envs: s_{t+1} is one step
     further in the same episode, at a truncation too (the true last observation); each
-    step counts once in T; each episode's end is reported with its length."""
-    envs = a3c.make_envs("A3CTestCounting-v0", 1)
+    env's step counts once in T; each episode's end is reported with its length."""
+    envs = a3c.make_envs("A3CTestCounting-v0", E)
     spaces = (envs.single_observation_space, envs.single_action_space)
-    buf = a3c.Rollout(40, 1, *spaces, "cpu")
+    buf = a3c.Rollout(40, E, *spaces, "cpu")
     shared = a3c.Shared(mp.get_context("spawn"))
     obs, _ = envs.reset(seed=3)
     for t in range(40):
-        obs, step = a3c.env_step(envs, buf, t, obs, np.array([0]), shared)
-        assert step == t + 1
+        obs, step = a3c.env_step(envs, buf, t, obs, np.zeros(E, np.int64), shared)
+        assert step == (t + 1) * E
     np.testing.assert_array_equal(buf.next_obs, buf.obs + np.array([1, 0], np.float32))
     ended = buf.dones.astype(bool)
     term = buf.terminations.astype(bool)
@@ -91,9 +92,14 @@ def test_a3c_worker_pairs_each_state_with_its_own_successor():
     # a new episode starts after each end, and only there
     assert (buf.obs[1:, :, 0][ended[:-1]] == 0).all()
     assert (buf.obs[1:, :, 0][~ended[:-1]] > 0).all()
-    reports = [shared.queue.get(timeout=5) for _ in range(int(ended.sum()))]
-    lengths = [int(payload["episode"]["l"][0]) for kind, step, payload in reports]
+    # one report per step where some env ended, in the order of t, then of the env
+    reports = [shared.queue.get(timeout=5) for _ in range(int(ended.any(1).sum()))]
     assert [kind for kind, step, payload in reports] == ["episode"] * len(reports)
+    lengths = [
+        int(length)
+        for kind, step, payload in reports
+        for length in payload["episode"]["l"][payload["_episode"]]
+    ]
     assert lengths == buf.next_obs[..., 0][ended].astype(int).tolist()
 
 
@@ -108,10 +114,11 @@ def test_a3c_q_target_by_hand_with_a_termination():
 
 
 def test_a3c_a_worker_process_updates_the_parents_parameters_and_statistics():
-    """One worker process takes one update (5 steps): the main process then sees θ and
-    the shared RMSProp's v changed, in shared memory, and consistent with one step from
-    v = 0: v = (1 − α) g², so |Δθ| = η √(v / (1 − α)) / (√v + ε), with the η the worker
-    sets at T = 0 (--learning-rate; annealing starts from it)."""
+    """One worker process takes one update (5 steps of each of its E envs, all counted
+    in T): the main process then sees θ and the shared RMSProp's v changed, in shared
+    memory, and consistent with one step from v = 0: v = (1 − α) g², so
+    |Δθ| = η √(v / (1 − α)) / (√v + ε), with the η the worker sets at T = 0
+    (--learning-rate; annealing starts from it)."""
     module = load("a3c.py")  # the module a spawned worker imports by this name
     args = module.Args(num_workers=1, num_steps=5, total_timesteps=5, device="cpu")
     envs = module.make_envs(args.env_id, 1)
@@ -125,7 +132,7 @@ def test_a3c_a_worker_process_updates_the_parents_parameters_and_statistics():
         while "done" not in kinds:
             kinds.append(workers.receive()[0])
     assert kinds[-1] == "done" and "error" not in kinds and "crash" not in kinds
-    assert workers.shared.counter.value == 5
+    assert workers.shared.counter.value == 5 * args.envs_per_worker
     alpha = optimizer.param_groups[0]["alpha"]
     eps = optimizer.param_groups[0]["eps"]
     for p, p_before in zip(model.parameters(), before):
@@ -163,7 +170,7 @@ def test_a3c_a_workers_divergence_stops_every_process_with_one_line(tmp_path):
 
 SMOKE = {
     "q": ["--method", "q", "--env-id", "CartPole-v1", "--total-timesteps", "600"],
-    "ac-box": ["--env-id", "Pendulum-v1", "--total-timesteps", "400"],
+    "ac-box": ["--env-id", "Pendulum-v1", "--total-timesteps", "2000"],
 }
 
 
@@ -191,11 +198,11 @@ def test_a3c_worker_code_makes_env_data_on_the_device_of_theta(method):
     default device "meta". A tensor made from env data without θ's device lands on
     meta, and mixing it with θ's fails."""
     args = a3c.Args(method=method, num_steps=8, update_every=8, device="cpu")
-    envs = a3c.make_envs(args.env_id, 1)
+    envs = a3c.make_envs(args.env_id, args.envs_per_worker)
     spaces = (envs.single_observation_space, envs.single_action_space)
     local = a3c.make_agent(args, *spaces)
     target = a3c.make_agent(args, *spaces)
-    buf = a3c.Rollout(8, 1, *spaces, "cpu")
+    buf = a3c.Rollout(8, args.envs_per_worker, *spaces, "cpu")
     shared = a3c.Shared(mp.get_context("spawn"))
     obs, _ = envs.reset(seed=0)
     with torch.device("meta"):
@@ -214,13 +221,13 @@ def test_a3c_worker_code_makes_env_data_on_the_device_of_theta(method):
     assert all(p.grad.device.type == "cpu" for p in local.parameters())
 
 
-# Held-out seeds: the defaults were chosen on seeds 1-10 with 2 workers
-# (benchmarks/results/seeds). One worker makes the run deterministic, and at 100k steps
-# a working A3C is past 200 per episode on CartPole while a broken one stays near a
-# random policy's 22.
+# Held-out seeds: the defaults were chosen on seeds 1-20 with 2 workers and checked on
+# 21-40 (benchmarks/results/seeds/a3c-variants.md); 41 and 42 played no part. One worker
+# makes the run deterministic; at the default 200k steps its 8 envs solve CartPole,
+# while a broken A3C stays far below 475 (a random policy scores about 22).
 @pytest.mark.regression
-@pytest.mark.parametrize("seed", [11, 12])
-def test_a3c_one_worker_balances_cartpole_in_100k_steps(seed, tmp_path):
-    argv = ["--num-workers", "1", "--total-timesteps", "100000", "--seed", str(seed)]
+@pytest.mark.parametrize("seed", [41, 42])
+def test_a3c_one_worker_solves_cartpole_in_200k_steps(seed, tmp_path):
+    argv = ["--num-workers", "1", "--seed", str(seed)]
     result = train_cli("a3c.py", argv + ["--log-dir", str(tmp_path), "--device", "cpu"])
-    assert result["eval_return"] >= 200
+    assert result["eval_return"] >= 475
