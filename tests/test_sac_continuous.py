@@ -157,6 +157,24 @@ def test_sac_actor_samples_match_their_log_probs():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+def test_sac_log_std_is_the_net_output_clamped_to_minus_20_and_2():
+    space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    actor = sac.Actor(2, space, hidden=8)
+    last = actor.net[-1]
+    nn.init.zeros_(last.weight)
+    # the three log σ outputs: below, inside and above SB3's bounds [−20, 2]
+    raw = torch.tensor([-30.0, -7.5, 3.0])
+    with torch.no_grad():
+        last.bias[3:] = raw
+    obs = torch.randn(4, 2, requires_grad=True)
+    _, log_std = actor(obs)
+    expected = torch.tensor([-20.0, -7.5, 2.0]).expand(4, 3)
+    torch.testing.assert_close(log_std, expected)
+    # inside the bounds the gradient passes unchanged; at a bound it stops
+    log_std.sum().backward()
+    torch.testing.assert_close(last.bias.grad[3:], torch.tensor([0.0, 4.0, 0.0]))
+
+
 @pytest.mark.parametrize("script", ["sac_continuous.py", "ddpg.py"])
 def test_sac_scale_action_maps_onto_asymmetric_bounds(script):
     scale_action = load(script).scale_action
