@@ -465,7 +465,8 @@ def collect_rollout(envs, agent: Agent, buf: Rollout, next_obs, reward_scale, ru
 def estimate(agent: Agent, buf: Rollout, next_obs, args: Args) -> dict:
     """Â_t by GAE and the critic targets R_t = Â_t + V_old(s_t), fixed during the
     update; returns the flattened batch."""
-    with torch.inference_mode():
+    # no_grad, not inference_mode: the losses keep Â_t and R_t for their backward
+    with torch.no_grad():
         last_values = agent.value(agent.normalize(next_obs)).unsqueeze(0)
         # V(s_{t+1}) of the same episode: V of the true last observation at a truncation
         next_values = torch.cat([buf.values[1:], last_values])
